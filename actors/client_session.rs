@@ -1,0 +1,378 @@
+//! The `ClientSession` actor: one per client TCP connection.
+//!
+//! A reader task cuts the socket's bytes into lines ([`crate::line`]) and hands them over in
+//! batches ([`Lines`]); the session parses each line ([`crate::protocol`]), asks the store or
+//! the places proxy when the answer needs them, and writes answers in the order of the lines,
+//! even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
+//! when its answer is known, and the filled slots at the front go to the socket together.
+//!
+//! Two bounds keep one client from making the server hold without limit: when
+//! [`MAX_PENDING_ANSWERS`] answers are owed the reader stops reading (TCP pushes back on the
+//! client), and when more than [`MAX_OUTPUT_BYTES`] of answers wait for a client that does
+//! not read them, the client is dropped, as Redis does.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::{Buf, Bytes, BytesMut};
+use log::debug;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::location_store::{Lookup, Store};
+use super::places_proxy::{NearbySearch, PlacesAnswer};
+use crate::line::{Line, LineSplitter};
+use crate::places_json::{self, UNKNOWN_ERROR};
+use crate::protocol::{self, Command, Nanos};
+use crate::server_log::ServerLog;
+
+/// The log target of this actor's mailbox: `RUST_LOG=herd::client_session=debug`.
+pub const LOG_TARGET: &str = "herd::client_session";
+
+/// Answers a session may owe before it stops reading the client's lines.
+pub const MAX_PENDING_ANSWERS: usize = 1024;
+
+/// Answer bytes waiting for a client that does not read, past which the client is dropped.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// Bytes taken from a socket in one read. One buffer per thread, shared by every reader,
+/// so an idle connection holds none.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
+}
+
+/// The other actors a session talks to, as recipients so a test can put fakes in their place.
+#[derive(Clone)]
+pub struct Services {
+    /// The location store, for IAMAT.
+    pub store: Recipient<Store>,
+    /// The location store, for WHATSAT.
+    pub lookup: Recipient<Lookup>,
+    /// The places proxy, for WHATSAT.
+    pub places: Recipient<NearbySearch>,
+}
+
+/// What a session needs to know about the server it belongs to.
+#[derive(Clone)]
+pub struct SessionSettings {
+    /// The server's name, written into the AT lines it makes.
+    pub server: Arc<str>,
+    /// The longest client line, in bytes.
+    pub max_line_bytes: usize,
+    /// The server's log file.
+    pub log: ServerLog,
+}
+
+/// One client connection.
+pub struct ClientSession {
+    /// This connection's number in the server's log.
+    conn: u64,
+    settings: SessionSettings,
+    services: Services,
+    /// The socket's sending side; shared with the future that waits for it to drain.
+    writer: Rc<OwnedWriteHalf>,
+    /// One slot per line not yet answered, in line order; `None` until its answer is known.
+    slots: VecDeque<Option<Bytes>>,
+    /// The number of the line whose answer is `slots[0]`.
+    first_slot: u64,
+    /// Answers due to the client that the socket has not taken yet.
+    out: BytesMut,
+    /// Whether a future is already waiting for the socket to take more.
+    awaiting_writable: bool,
+    /// The task reading the socket; stopped with the session.
+    reader: Option<JoinHandle<()>>,
+    /// The reader, paused because too many answers are owed, waits on this.
+    room: Option<oneshot::Sender<()>>,
+    /// The client sent its last line (or the server is shutting down): finish and close.
+    read_closed: bool,
+}
+
+impl ClientSession {
+    /// Starts a session on an accepted connection.
+    pub fn start(
+        stream: TcpStream,
+        conn: u64,
+        settings: SessionSettings,
+        services: Services,
+    ) -> Addr<ClientSession> {
+        let (read_half, write_half) = stream.into_split();
+        ClientSession::create(move |ctx| {
+            let reader = actix_rt::spawn(read_lines(
+                read_half,
+                ctx.address(),
+                settings.max_line_bytes,
+            ));
+            ClientSession {
+                conn,
+                settings,
+                services,
+                writer: Rc::new(write_half),
+                slots: VecDeque::new(),
+                first_slot: 0,
+                out: BytesMut::new(),
+                awaiting_writable: false,
+                reader: Some(reader),
+                room: None,
+                read_closed: false,
+            }
+        })
+    }
+
+    /// Takes one line: reserves its answer slot and starts working out its answer.
+    fn take_line(&mut self, line: Line, received: Nanos, ctx: &mut Context<Self>) {
+        let slot = self.first_slot + self.slots.len() as u64;
+        self.slots.push_back(None);
+        let bytes = match line {
+            Line::Complete(bytes) => bytes,
+            Line::TooLong(prefix) => {
+                self.settings.log.line_in(self.conn, &prefix);
+                return self.fill(slot, protocol::invalid_answer(&prefix).into());
+            }
+        };
+        self.settings.log.line_in(self.conn, &bytes);
+        match Command::parse(&bytes) {
+            Command::Iamat(iamat) => {
+                let record = protocol::Record::from_iamat(&self.settings.server, &iamat, received);
+                let answer = Bytes::from(protocol::at_answer(&record));
+                let stored = self.services.store.send(Store(record));
+                ctx.spawn(stored.into_actor(self).map(move |outcome, act, ctx| {
+                    if let Err(e) = outcome {
+                        log::error!(target: LOG_TARGET, "conn {}: the store is gone: {e}", act.conn);
+                    }
+                    act.fill(slot, answer);
+                    act.flush(ctx);
+                }));
+            }
+            Command::Whatsat(whatsat) => {
+                let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
+                let places = self.services.places.clone();
+                let (radius, bound) = (whatsat.radius, whatsat.bound);
+                let unknown = protocol::invalid_answer(&bytes);
+                let answer = async move {
+                    let Ok(Some(record)) = lookup.await else {
+                        return unknown;
+                    };
+                    let search = NearbySearch {
+                        position: record.position(),
+                        radius,
+                        bound,
+                    };
+                    let json = match places.send(search).await {
+                        Ok(PlacesAnswer(json)) => json,
+                        Err(_) => places_json::error_answer(
+                            UNKNOWN_ERROR,
+                            "the server's places proxy is not running",
+                        ),
+                    };
+                    protocol::whatsat_answer(&record, &json)
+                };
+                ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
+                    act.fill(slot, answer.into());
+                    act.flush(ctx);
+                }));
+            }
+            // Herd links are not part of this server yet: a hello or a record from a client
+            // connection is an invalid line like any other.
+            Command::Hello(_) | Command::At(_) | Command::Invalid => {
+                self.fill(slot, protocol::invalid_answer(&bytes).into());
+            }
+        }
+    }
+
+    /// Records the answer of line `slot`, and moves every answer now due into `out`.
+    fn fill(&mut self, slot: u64, answer: Bytes) {
+        let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) else {
+            return;
+        };
+        *entry = Some(answer);
+        while let Some(Some(_)) = self.slots.front() {
+            if let Some(Some(answer)) = self.slots.pop_front() {
+                self.settings.log.answer_out(self.conn, &answer);
+                self.out.extend_from_slice(&answer);
+            }
+            self.first_slot += 1;
+        }
+        if self.slots.len() < MAX_PENDING_ANSWERS / 2
+            && let Some(room) = self.room.take()
+        {
+            let _ = room.send(());
+        }
+    }
+
+    /// Hands the answers due to the socket, as much as it takes now; closes the session when
+    /// everything owed has been delivered after the client's last line.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        while !self.out.is_empty() && !self.awaiting_writable {
+            match self.writer.try_write(&self.out) {
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.await_writable(ctx),
+                Err(e) => {
+                    debug!(target: LOG_TARGET, "conn {}: write failed: {e}", self.conn);
+                    return ctx.stop();
+                }
+            }
+        }
+        if self.out.len() > MAX_OUTPUT_BYTES {
+            self.settings.log.note(
+                Some(self.conn),
+                format!("dropped: more than {MAX_OUTPUT_BYTES} bytes of answers unread"),
+            );
+            return ctx.stop();
+        }
+        if self.out.is_empty() {
+            // Give back the memory of a large answer once it is sent.
+            if self.out.capacity() > READ_CHUNK_BYTES {
+                self.out = BytesMut::new();
+            }
+            if self.read_closed && self.slots.is_empty() {
+                ctx.stop();
+            }
+        }
+    }
+
+    fn await_writable(&mut self, ctx: &mut Context<Self>) {
+        self.awaiting_writable = true;
+        let writer = Rc::clone(&self.writer);
+        let writable = async move { writer.writable().await };
+        ctx.spawn(writable.into_actor(self).map(|result, act, ctx| {
+            act.awaiting_writable = false;
+            match result {
+                Ok(()) => act.flush(ctx),
+                Err(_) => ctx.stop(),
+            }
+        }));
+    }
+
+    fn close_reading(&mut self, ctx: &mut Context<Self>) {
+        self.read_closed = true;
+        self.flush(ctx);
+    }
+}
+
+impl Actor for ClientSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let peer = self.writer.peer_addr().map(|a| a.to_string());
+        let peer = peer.as_deref().unwrap_or("an unknown address");
+        self.settings
+            .log
+            .note(Some(self.conn), format!("opened from {peer}"));
+        debug!(target: LOG_TARGET, "conn {}: opened from {peer}", self.conn);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+        self.settings.log.note(Some(self.conn), "closed");
+        debug!(target: LOG_TARGET, "conn {}: closed", self.conn);
+    }
+}
+
+/// Lines the reader cut from the socket, all received at `received`.
+///
+/// The reader waits for this message's answer before reading on, which is how a session
+/// that owes too many answers stops its reader.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Lines {
+    /// When the bytes were read: the receive time of every IAMAT among them.
+    pub received: Nanos,
+    /// The lines, in order.
+    pub lines: Vec<Line>,
+}
+
+impl Handler<Lines> for ClientSession {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Lines, ctx: &mut Context<Self>) -> Self::Result {
+        debug!(target: LOG_TARGET, "conn {}: Lines ({})", self.conn, msg.lines.len());
+        for line in msg.lines {
+            self.take_line(line, msg.received, ctx);
+        }
+        self.flush(ctx);
+        if self.slots.len() < MAX_PENDING_ANSWERS {
+            return Box::pin(async {});
+        }
+        let (room, wait) = oneshot::channel();
+        self.room = Some(room);
+        Box::pin(async move {
+            let _ = wait.await;
+        })
+    }
+}
+
+/// The client will send no more lines (it half-closed, or its connection failed).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReadClosed;
+
+impl Handler<ReadClosed> for ClientSession {
+    type Result = ();
+
+    fn handle(&mut self, _: ReadClosed, ctx: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "conn {}: ReadClosed", self.conn);
+        self.close_reading(ctx);
+    }
+}
+
+/// The server is stopping: read no more lines, deliver what is owed, then close.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for ClientSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "conn {}: Drain", self.conn);
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+        self.close_reading(ctx);
+    }
+}
+
+/// Reads the socket until it ends, handing the session each batch of lines.
+async fn read_lines(half: OwnedReadHalf, session: Addr<ClientSession>, max_line_bytes: usize) {
+    let mut splitter = LineSplitter::new(max_line_bytes);
+    loop {
+        let mut lines = Vec::new();
+        let ended = match half.readable().await {
+            Err(_) => true,
+            Ok(()) => READ_BUFFER.with(|buffer| {
+                let mut buffer = buffer.borrow_mut();
+                match half.try_read(&mut buffer) {
+                    Ok(0) => {
+                        splitter.finish(&mut lines);
+                        true
+                    }
+                    Ok(n) => {
+                        splitter.push(&buffer[..n], &mut lines);
+                        false
+                    }
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                }
+            }),
+        };
+        if !lines.is_empty() {
+            let received = Nanos::now();
+            if session.send(Lines { received, lines }).await.is_err() {
+                return;
+            }
+        }
+        if ended {
+            break;
+        }
+    }
+    session.do_send(ReadClosed);
+}

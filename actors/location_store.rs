@@ -1,0 +1,196 @@
+//! The `LocationStore` actor: the one owner of the client records.
+//!
+//! Records only ever change here, one message at a time, so "newer wins" (SPEC section 3)
+//! needs no lock. What it stores it publishes to its subscribers: that is the seam the herd
+//! links plug into to flood records to neighbors.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use log::debug;
+
+use crate::protocol::Record;
+
+/// The log target of this actor's mailbox: `RUST_LOG=herd::location_store=debug`.
+pub const LOG_TARGET: &str = "herd::location_store";
+
+/// Holds the latest record of every client this server has heard of.
+#[derive(Default)]
+pub struct LocationStore {
+    /// The latest record per client id.
+    records: HashMap<Box<str>, Record>,
+    /// Who hears of every record that is stored (the herd links, later).
+    subscribers: Vec<Recipient<Stored>>,
+}
+
+impl Actor for LocationStore {
+    type Context = Context<Self>;
+}
+
+/// Offer a record; it is stored if it supersedes the one held for its client.
+#[derive(Message, Debug)]
+#[rtype(result = "StoreOutcome")]
+pub struct Store(pub Record);
+
+/// What became of a [`Store`].
+#[derive(MessageResponse, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The record is now the client's latest.
+    Stored,
+    /// The store already held this record or a newer one; nothing changed.
+    Kept,
+}
+
+/// The latest record of a client, if any.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<Record>")]
+pub struct Lookup(pub Box<str>);
+
+/// Published to every subscriber when a record is stored.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Stored(pub Record);
+
+/// Adds a subscriber to the records this store stores from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<Stored>);
+
+impl Handler<Store> for LocationStore {
+    type Result = StoreOutcome;
+
+    fn handle(&mut self, Store(record): Store, _: &mut Context<Self>) -> StoreOutcome {
+        let outcome = match self.records.get_mut(record.client()) {
+            Some(held) if !record.supersedes(held) => StoreOutcome::Kept,
+            Some(held) => {
+                *held = record.clone();
+                StoreOutcome::Stored
+            }
+            None => {
+                self.records.insert(record.client().into(), record.clone());
+                StoreOutcome::Stored
+            }
+        };
+        debug!(target: LOG_TARGET, "Store {:?}: {outcome:?}", record.line());
+        if outcome == StoreOutcome::Stored {
+            for subscriber in &self.subscribers {
+                subscriber.do_send(Stored(record.clone()));
+            }
+        }
+        outcome
+    }
+}
+
+impl Handler<Lookup> for LocationStore {
+    type Result = Option<Record>;
+
+    fn handle(&mut self, Lookup(client): Lookup, _: &mut Context<Self>) -> Option<Record> {
+        let found = self.records.get(&client).cloned();
+        debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
+        found
+    }
+}
+
+impl Handler<Subscribe> for LocationStore {
+    type Result = ();
+
+    fn handle(&mut self, Subscribe(subscriber): Subscribe, _: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "Subscribe");
+        self.subscribers.push(subscriber);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Command;
+
+    fn record(line: &str) -> Record {
+        match Command::parse(line.as_bytes()) {
+            Command::At(r) => r,
+            _ => panic!("not an AT line: {line}"),
+        }
+    }
+
+    /// Collects what the store publishes.
+    #[derive(Default)]
+    struct Collector(Vec<String>);
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+    impl Handler<Stored> for Collector {
+        type Result = ();
+        fn handle(&mut self, Stored(r): Stored, _: &mut Context<Self>) {
+            self.0.push(r.line().to_owned());
+        }
+    }
+    /// Asks the collector what it has seen; queued behind every `Stored` sent before it.
+    #[derive(Message)]
+    #[rtype(result = "Vec<String>")]
+    struct Seen;
+    impl Handler<Seen> for Collector {
+        type Result = MessageResult<Seen>;
+        fn handle(&mut self, _: Seen, _: &mut Context<Self>) -> MessageResult<Seen> {
+            MessageResult(self.0.clone())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn newer_record_wins_and_older_is_kept_out() {
+        let store = LocationStore::default().start();
+        let old = record("AT A +0.000000000 kiwi +1+1 100");
+        let new = record("AT B +0.000000000 kiwi +2+2 200");
+        assert_eq!(
+            store.send(Store(old.clone())).await.unwrap(),
+            StoreOutcome::Stored
+        );
+        assert_eq!(
+            store.send(Store(new.clone())).await.unwrap(),
+            StoreOutcome::Stored
+        );
+        assert_eq!(store.send(Store(old)).await.unwrap(), StoreOutcome::Kept);
+        assert_eq!(
+            store.send(Store(new.clone())).await.unwrap(),
+            StoreOutcome::Kept
+        );
+        assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(new));
+        assert_eq!(store.send(Lookup("nobody".into())).await.unwrap(), None);
+    }
+
+    #[actix_rt::test]
+    async fn equal_time_is_broken_by_the_bytewise_greater_line() {
+        let store = LocationStore::default().start();
+        let a = record("AT Abe +0.000000000 kiwi +1+1 100");
+        let b = record("AT Bob +0.000000000 kiwi +1+1 100");
+        store.send(Store(b.clone())).await.unwrap();
+        assert_eq!(store.send(Store(a)).await.unwrap(), StoreOutcome::Kept);
+        assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(b));
+    }
+
+    #[actix_rt::test]
+    async fn only_stored_records_are_published() {
+        let store = LocationStore::default().start();
+        let collector = Collector::default().start();
+        store
+            .send(Subscribe(collector.clone().recipient()))
+            .await
+            .unwrap();
+        for line in [
+            "AT A +0.000000000 kiwi +1+1 100",
+            "AT A +0.000000000 kiwi +1+1 50",
+            "AT A +0.000000000 kiwi +1+1 100",
+            "AT A +0.000000000 pear +1+1 1",
+        ] {
+            store.send(Store(record(line))).await.unwrap();
+        }
+        // Every `Stored` was queued at the collector before this is.
+        let seen = collector.send(Seen).await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "AT A +0.000000000 kiwi +1+1 100",
+                "AT A +0.000000000 pear +1+1 1"
+            ]
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The actors of one server and their typed messages, one module per actor (SPEC section 8).
+//!
+//! - [`client_session::ClientSession`]: one per client TCP connection; reads lines, answers
+//!   them in order.
+//! - [`location_store::LocationStore`]: the only owner of the client records.
+//! - [`places_proxy::PlacesProxy`]: the HTTP calls to the places API.
+//!
+//! Actors reach each other only through messages, and hold the others as `Recipient`s, so a
+//! test can put a fake in place of any of them. Each actor logs the messages it handles under
+//! its own log target, `herd::<module>`, named by the module's `LOG_TARGET`.
+
+pub mod client_session;
+pub mod location_store;
+pub mod places_proxy;

@@ -1,0 +1,110 @@
+//! The `herd` command line: `run`, `up` and `check`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::actors::places_proxy::{API_KEY_VAR, ApiKey};
+use crate::config::HerdConfig;
+use crate::node::Node;
+
+/// A proxy server herd: phones report positions to any server, any server answers what is
+/// near them.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one server of the herd, by name.
+    Run {
+        /// The server's name in the config (case kept: `Clark`).
+        name: String,
+        /// The herd's config file.
+        #[arg(short, long, default_value = "herd.toml")]
+        config: PathBuf,
+    },
+    /// Run every server of the herd in this one process.
+    Up {
+        /// The herd's config file.
+        #[arg(short, long, default_value = "herd.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and print the herd it describes.
+    Check {
+        /// The herd's config file.
+        #[arg(short, long, default_value = "herd.toml")]
+        config: PathBuf,
+    },
+}
+
+impl Cli {
+    /// Carries out the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run { name, config } => {
+                let herd = load(&config)?;
+                herd.node(&name)?;
+                serve(herd, vec![name])
+            }
+            Command::Up { config } => {
+                let herd = load(&config)?;
+                let names = herd.nodes.iter().map(|n| n.name.clone()).collect();
+                serve(herd, names)
+            }
+            Command::Check { config } => {
+                let herd = load(&config)?;
+                println!("{}: ok\n{herd}", config.display());
+                Ok(())
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<HerdConfig> {
+    HerdConfig::load(path).with_context(|| format!("config {} refused", path.display()))
+}
+
+/// Starts the named servers in one actix system and runs them until Ctrl-C or SIGTERM.
+fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
+    let key = ApiKey::from_env();
+    if key.is_none() {
+        eprintln!(
+            "warning: {API_KEY_VAR} is not set: WHATSAT will answer with REQUEST_DENIED \
+             from the places API's error shape"
+        );
+    }
+    actix_rt::System::new().block_on(async move {
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in &names {
+            let node = Node::start(&herd, name, key.clone()).await?;
+            println!(
+                "{name} listening on {} (log: {})",
+                node.client_addr(),
+                herd.log.dir.join(format!("{name}.log")).display()
+            );
+            nodes.push(node);
+        }
+        shutdown_signal().await?;
+        println!("stopping: delivering answers owed, then exiting");
+        for node in nodes {
+            node.stop().await;
+        }
+        Ok(())
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,633 @@
+//! `herd.toml`: reading, environment overrides and validation (SPEC section 5).
+//!
+//! The file is read with the `config` crate into plain serde structs, then checked as a
+//! whole; every refusal is a [`ConfigError`] whose message names the problem, so that a
+//! wrong file stops a server at start instead of misbehaving later.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The places API's default address (Google's legacy Nearby Search).
+pub const DEFAULT_PLACES_URL: &str = "https://maps.googleapis.com/maps/api/place/nearbysearch/json";
+
+/// How long a places call may take by default, headers and body together.
+const DEFAULT_PLACES_TIMEOUT_MS: u64 = 5000;
+
+/// The default longest client line, in bytes (SPEC section 2).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 8192;
+
+/// The prefix of environment overrides: `HERD_PLACES__URL` sets `places.url`.
+const ENV_PREFIX: &str = "HERD";
+
+/// A `herd.toml` that was refused, with what is wrong in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not TOML of the expected form.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the `config` crate reported.
+        source: Box<config::ConfigError>,
+    },
+    /// A required section is absent.
+    #[error("missing section [{0}]")]
+    MissingSection(&'static str),
+    /// `[[nodes]]` is empty.
+    #[error("no servers: add at least one [[nodes]] table")]
+    NoNodes,
+    /// A node has an empty name or one with white space.
+    #[error("server name {0:?} is not usable: it must be non-empty and without white space")]
+    BadName(String),
+    /// Two nodes share a name.
+    #[error("server {0:?} is listed twice")]
+    DuplicateName(String),
+    /// An address does not parse as `IP:PORT`.
+    #[error("server {node:?}: {field} = {value:?} is not an address of the form IP:PORT")]
+    BadAddress {
+        /// The node whose address is wrong.
+        node: String,
+        /// `addr`, `peer_addr` or `listen`.
+        field: &'static str,
+        /// The text as written.
+        value: String,
+    },
+    /// Two addresses of the herd are the same socket.
+    #[error("address {addr} is used twice: by {first} and by {second}")]
+    DuplicateAddress {
+        /// The address.
+        addr: SocketAddr,
+        /// The first user, as `Name.field`.
+        first: String,
+        /// The second user, as `Name.field`.
+        second: String,
+    },
+    /// A link names a server that is not among the nodes.
+    #[error("link [{0:?}, {1:?}] names unknown server {2:?}")]
+    UnknownServerInLink(String, String, String),
+    /// A link from a server to itself.
+    #[error("link [{0:?}, {0:?}] links a server to itself")]
+    SelfLink(String),
+    /// The same link twice (in either direction).
+    #[error("link [{0:?}, {1:?}] is listed twice")]
+    DuplicateLink(String, String),
+    /// `places.api` is not one this build speaks.
+    #[error("places.api = {0:?} is not supported: use \"legacy\"")]
+    UnsupportedApi(String),
+    /// `places.url` is not an http(s) URL.
+    #[error("places.url = {0:?} is not an http:// or https:// URL")]
+    BadUrl(String),
+    /// A limit or timeout of zero.
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
+    /// `herd run NAME` with a name that is not in the file.
+    #[error("no server named {name:?} in the config; its servers are: {known}")]
+    UnknownServer {
+        /// The name asked for.
+        name: String,
+        /// The names the file has, comma-separated.
+        known: String,
+    },
+}
+
+/// Which places API the herd calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacesApi {
+    /// Google's legacy Nearby Search (`GET ...?location=&radius=&key=`).
+    Legacy,
+}
+
+/// `[places]`: where WHATSAT gets its places from.
+#[derive(Debug, Clone)]
+pub struct PlacesConfig {
+    /// Which API `url` speaks.
+    pub api: PlacesApi,
+    /// The Nearby Search endpoint.
+    pub url: String,
+    /// The longest a client waits for the places part of a WHATSAT answer.
+    pub timeout: Duration,
+}
+
+/// `[log]`: where each server writes its log file.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The directory of `<Name>.log` files, relative to the working directory.
+    pub dir: PathBuf,
+}
+
+/// `[limits]`: bounds on what one client can make a server hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The longest client line, not counting its line ending.
+    pub max_line_bytes: usize,
+}
+
+/// One `[[nodes]]` table: a server of the herd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The server's name, case kept (`Clark`).
+    pub name: String,
+    /// Where clients (and neighbors, unless `peer_addr` is set) reach the server.
+    pub addr: SocketAddr,
+    /// Where neighbors reach the server for herd links, if apart from `addr`.
+    pub peer_addr: Option<SocketAddr>,
+    /// Where the server binds its client port, when others reach it at `addr` through
+    /// another address (`0.0.0.0:10003` beside `addr = "10.0.0.3:10003"`).
+    pub listen: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// The address the client listener binds.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(self.addr)
+    }
+}
+
+/// A whole, validated `herd.toml`.
+#[derive(Debug, Clone)]
+pub struct HerdConfig {
+    /// `[places]`.
+    pub places: PlacesConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// Every server, in file order.
+    pub nodes: Vec<NodeConfig>,
+    /// Every link, as written (each one goes both ways).
+    pub links: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    places: Option<RawPlaces>,
+    log: Option<RawLog>,
+    limits: Option<RawLimits>,
+    nodes: Option<Vec<RawNode>>,
+    #[serde(default)]
+    links: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlaces {
+    api: Option<String>,
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_line_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    addr: String,
+    peer_addr: Option<String>,
+    listen: Option<String>,
+}
+
+impl HerdConfig {
+    /// Reads `path`, applies `HERD_<SECTION>__<KEY>` overrides from the environment, and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<HerdConfig, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`HerdConfig::load`], with the environment given as a map instead of read from the
+    /// process (so tests do not race on process-wide variables).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<HerdConfig, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(env),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(read_error)?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<HerdConfig, ConfigError> {
+        let raw_places = raw.places.ok_or(ConfigError::MissingSection("places"))?;
+        let api = match raw_places.api.as_deref().unwrap_or("legacy") {
+            "legacy" => PlacesApi::Legacy,
+            other => return Err(ConfigError::UnsupportedApi(other.to_owned())),
+        };
+        let url = raw_places
+            .url
+            .unwrap_or_else(|| DEFAULT_PLACES_URL.to_owned());
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::BadUrl(url));
+        }
+        let timeout_ms = raw_places.timeout_ms.unwrap_or(DEFAULT_PLACES_TIMEOUT_MS);
+        if timeout_ms == 0 {
+            return Err(ConfigError::Zero("places.timeout_ms"));
+        }
+        let max_line_bytes = raw
+            .limits
+            .and_then(|l| l.max_line_bytes)
+            .unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        if max_line_bytes == 0 {
+            return Err(ConfigError::Zero("limits.max_line_bytes"));
+        }
+        let nodes = validate_nodes(raw.nodes.ok_or(ConfigError::MissingSection("nodes"))?)?;
+        validate_links(&nodes, &raw.links)?;
+        Ok(HerdConfig {
+            places: PlacesConfig {
+                api,
+                url,
+                timeout: Duration::from_millis(timeout_ms),
+            },
+            log: LogConfig {
+                dir: raw
+                    .log
+                    .and_then(|l| l.dir)
+                    .unwrap_or_else(|| "logs".to_owned())
+                    .into(),
+            },
+            limits: Limits { max_line_bytes },
+            nodes,
+            links: raw.links,
+        })
+    }
+
+    /// The server named `name`, or an error that lists the names there are.
+    pub fn node(&self, name: &str) -> Result<&NodeConfig, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| ConfigError::UnknownServer {
+                name: name.to_owned(),
+                known: self
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The servers linked to `name`, in the order of the links.
+    pub fn neighbors<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a NodeConfig> + 'a {
+        self.links.iter().filter_map(move |(a, b)| {
+            let other = if a == name {
+                b
+            } else if b == name {
+                a
+            } else {
+                return None;
+            };
+            self.nodes.iter().find(|n| &n.name == other)
+        })
+    }
+}
+
+fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<NodeConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::NoNodes);
+    }
+    let mut names = HashSet::new();
+    let mut used: HashMap<SocketAddr, String> = HashMap::new();
+    let mut nodes = Vec::with_capacity(raw.len());
+    for n in raw {
+        if n.name.is_empty() || n.name.chars().any(char::is_whitespace) {
+            return Err(ConfigError::BadName(n.name));
+        }
+        if !names.insert(n.name.clone()) {
+            return Err(ConfigError::DuplicateName(n.name));
+        }
+        let parse = |field: &'static str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::BadAddress {
+                    node: n.name.clone(),
+                    field,
+                    value: value.to_owned(),
+                })
+        };
+        let node = NodeConfig {
+            addr: parse("addr", &n.addr)?,
+            peer_addr: n
+                .peer_addr
+                .as_deref()
+                .map(|a| parse("peer_addr", a))
+                .transpose()?,
+            listen: n
+                .listen
+                .as_deref()
+                .map(|a| parse("listen", a))
+                .transpose()?,
+            name: n.name,
+        };
+        let addresses = [
+            Some(("addr", node.addr)),
+            node.peer_addr.map(|a| ("peer_addr", a)),
+        ];
+        for (field, addr) in addresses.into_iter().flatten() {
+            let user = format!("{}.{field}", node.name);
+            if let Some(first) = used.insert(addr, user.clone()) {
+                return Err(ConfigError::DuplicateAddress {
+                    addr,
+                    first,
+                    second: user,
+                });
+            }
+        }
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+fn validate_links(nodes: &[NodeConfig], links: &[(String, String)]) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (a, b) in links {
+        for end in [a, b] {
+            if !nodes.iter().any(|n| &n.name == end) {
+                return Err(ConfigError::UnknownServerInLink(
+                    a.clone(),
+                    b.clone(),
+                    end.clone(),
+                ));
+            }
+        }
+        if a == b {
+            return Err(ConfigError::SelfLink(a.clone()));
+        }
+        let key = if a < b { (a, b) } else { (b, a) };
+        if !seen.insert(key) {
+            return Err(ConfigError::DuplicateLink(a.clone(), b.clone()));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for HerdConfig {
+    /// The herd as `herd check` prints it: servers, addresses, links, places.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "servers:")?;
+        for n in &self.nodes {
+            write!(f, "  {:<10} {}", n.name, n.addr)?;
+            if let Some(p) = n.peer_addr {
+                write!(f, "  peer_addr {p}")?;
+            }
+            if let Some(l) = n.listen {
+                write!(f, "  listen {l}")?;
+            }
+            let neighbors: Vec<_> = self.neighbors(&n.name).map(|m| m.name.as_str()).collect();
+            writeln!(f, "  neighbors: {}", neighbors.join(", "))?;
+        }
+        writeln!(f, "links:")?;
+        for (a, b) in &self.links {
+            writeln!(f, "  {a} - {b}")?;
+        }
+        writeln!(
+            f,
+            "places: {:?} {} (timeout {} ms)",
+            self.places.api,
+            self.places.url,
+            self.places.timeout.as_millis()
+        )?;
+        writeln!(f, "log dir: {}", self.log.dir.display())?;
+        write!(f, "max line: {} bytes", self.limits.max_line_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const GOOD: &str = r#"
+links = [["Clark", "Jaquez"], ["Clark", "Bona"]]
+
+[places]
+api = "legacy"
+url = "http://127.0.0.1:9/nearby"
+timeout_ms = 250
+
+[log]
+dir = "somewhere"
+
+[limits]
+max_line_bytes = 100
+
+[[nodes]]
+name = "Clark"
+addr = "127.0.0.1:10003"
+
+[[nodes]]
+name = "Jaquez"
+addr = "127.0.0.1:10004"
+peer_addr = "127.0.0.1:20004"
+
+[[nodes]]
+name = "Bona"
+addr = "10.0.0.3:10001"
+listen = "0.0.0.0:10001"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<HerdConfig, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HerdConfig::load_with_env(file.path(), Some(env))
+    }
+
+    fn refused(text: &str) -> String {
+        match load(text, &[]) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_good_file_loads_with_names_in_their_case() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.places.timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.max_line_bytes, 100);
+        assert_eq!(c.log.dir, PathBuf::from("somewhere"));
+        let names: Vec<_> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["Clark", "Jaquez", "Bona"]);
+        let jaquez = c.node("Jaquez").unwrap();
+        assert_eq!(jaquez.peer_addr, Some("127.0.0.1:20004".parse().unwrap()));
+        let bona = c.node("Bona").unwrap();
+        assert_eq!(bona.listen_addr(), "0.0.0.0:10001".parse().unwrap());
+        let clark: Vec<_> = c.neighbors("Clark").map(|n| n.name.as_str()).collect();
+        assert_eq!(clark, ["Jaquez", "Bona"]);
+        let bona: Vec<_> = c.neighbors("Bona").map(|n| n.name.as_str()).collect();
+        assert_eq!(bona, ["Clark"]);
+    }
+
+    #[test]
+    fn environment_overrides_any_setting() {
+        let c = load(
+            GOOD,
+            &[
+                (
+                    "HERD_PLACES__URL",
+                    "http://127.0.0.1:8080/nearbysearch/json",
+                ),
+                ("HERD_PLACES__TIMEOUT_MS", "1500"),
+                ("HERD_LIMITS__MAX_LINE_BYTES", "64"),
+                ("HERD_LOG__DIR", "/tmp/herd-logs"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.places.url, "http://127.0.0.1:8080/nearbysearch/json");
+        assert_eq!(c.places.timeout, Duration::from_millis(1500));
+        assert_eq!(c.limits.max_line_bytes, 64);
+        assert_eq!(c.log.dir, PathBuf::from("/tmp/herd-logs"));
+    }
+
+    #[test]
+    fn the_checked_in_herd_toml_is_the_five_server_herd() {
+        let c = HerdConfig::load_with_env(Path::new("herd.toml"), Some(HashMap::new())).unwrap();
+        let nodes: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.addr.to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("Bailey", "127.0.0.1:10000".to_owned()),
+                ("Bona", "127.0.0.1:10001".to_owned()),
+                ("Campbell", "127.0.0.1:10002".to_owned()),
+                ("Clark", "127.0.0.1:10003".to_owned()),
+                ("Jaquez", "127.0.0.1:10004".to_owned()),
+            ]
+        );
+        let mut links: Vec<_> = c
+            .links
+            .iter()
+            .map(|(a, b)| {
+                if a < b {
+                    (a.as_str(), b.as_str())
+                } else {
+                    (b.as_str(), a.as_str())
+                }
+            })
+            .collect();
+        links.sort();
+        assert_eq!(
+            links,
+            [
+                ("Bailey", "Bona"),
+                ("Bailey", "Campbell"),
+                ("Bona", "Campbell"),
+                ("Bona", "Clark"),
+                ("Campbell", "Jaquez"),
+                ("Clark", "Jaquez"),
+            ]
+        );
+        assert_eq!(c.places.url, DEFAULT_PLACES_URL);
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let table: [(&str, &str, &str); 10] = [
+            ("\"Bona\"]]", "\"Nobody\"]]", "unknown server \"Nobody\""),
+            (
+                "[\"Clark\", \"Jaquez\"]",
+                "[\"Clark\", \"Clark\"]",
+                "to itself",
+            ),
+            (
+                "[\"Clark\", \"Bona\"]",
+                "[\"Jaquez\", \"Clark\"]",
+                "listed twice",
+            ),
+            (
+                "127.0.0.1:10004\"",
+                "127.0.0.1:10003\"",
+                "127.0.0.1:10003 is used twice: by Clark.addr and by Jaquez.addr",
+            ),
+            (
+                "127.0.0.1:10004\"",
+                "localhost:99999\"",
+                "addr = \"localhost:99999\"",
+            ),
+            (
+                "\"127.0.0.1:20004\"",
+                "\"127.0.0.1:10003\"",
+                "Jaquez.peer_addr",
+            ),
+            (
+                "name = \"Bona\"",
+                "name = \"Clark\"",
+                "\"Clark\" is listed twice",
+            ),
+            (
+                "api = \"legacy\"",
+                "api = \"soap\"",
+                "places.api = \"soap\"",
+            ),
+            ("url = \"http", "url = \"ftp", "not an http"),
+            (
+                "timeout_ms = 250",
+                "timeout_ms = 0",
+                "places.timeout_ms must be greater than 0",
+            ),
+        ];
+        for (from, to, expected) in table {
+            let message = refused(&GOOD.replacen(from, to, 1));
+            assert!(message.contains(expected), "{to}: got {message}");
+        }
+    }
+
+    #[test]
+    fn missing_sections_and_unknown_keys_are_named() {
+        let no_places = GOOD.replace("[places]", "[elsewhere]");
+        assert!(refused(&no_places).contains("elsewhere"), "unknown section");
+        let only_nodes = GOOD.split("[places]").next().unwrap().to_owned();
+        assert!(refused(&only_nodes).contains("missing section [places]"));
+        let typo = GOOD.replace("timeout_ms", "timeout_msec");
+        assert!(refused(&typo).contains("timeout_msec"));
+        let no_nodes = GOOD.split("[[nodes]]").next().unwrap().replace(
+            "links = [[\"Clark\", \"Jaquez\"], [\"Clark\", \"Bona\"]]",
+            "",
+        );
+        assert!(refused(&no_nodes).contains("missing section [nodes]"));
+    }
+
+    #[test]
+    fn an_unknown_server_name_lists_the_known_ones() {
+        let c = load(GOOD, &[]).unwrap();
+        let e = c.node("clark").unwrap_err().to_string();
+        assert!(
+            e.contains("\"clark\"") && e.contains("Clark, Jaquez, Bona"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! herd: a proxy server herd.
+//!
+//! Phones report their position (IAMAT) to any server; any server answers "what is near
+//! client X?" (WHATSAT) by calling a places API around the client's last position.
+//! `../shared/SPEC.md` is the contract; the README says how to run it.
+//!
+//! Where things live:
+//!
+//! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
+//! - [`line`]: cutting a byte stream into lines, with a length limit.
+//! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
+//! - [`places_server`]: a local HTTP server that plays the places API (tests, benchmarks).
+//! - [`config`]: `herd.toml`, environment overrides and validation.
+//! - [`actors`]: the actors and their typed messages, one module per actor
+//!   (`ClientSession`, `LocationStore`, `PlacesProxy`).
+//! - [`server_log`]: each server's log file, written off the hot path.
+//! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
+//! - [`cli`]: the `herd` command line.
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod line;
+pub mod node;
+pub mod places_json;
+pub mod places_server;
+pub mod protocol;
+pub mod server_log;

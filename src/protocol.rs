@@ -1,0 +1,757 @@
+//! The wire protocol of SPEC section 2 and 3, as pure values: no I/O, no actors.
+//!
+//! A line (already cut at its line ending, see [`crate::line`]) is parsed into a [`Command`];
+//! anything that is not a valid command is a [`Command::Invalid`] value that gets answered,
+//! never an error that unwinds. Answers are formatted here too, so that every byte a client
+//! sees is decided in this one module and tested in isolation.
+//!
+//! Numbers that must be exact (client time, the time difference, the radius in metres) are
+//! handled as integers or decimal text, never through a float.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The longest client id a client may use, in bytes (SPEC section 2).
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
+
+/// The largest WHATSAT radius, in kilometres.
+const MAX_RADIUS_KM: u64 = 50;
+
+/// The largest WHATSAT bound on the number of places.
+pub const MAX_BOUND: u8 = 20;
+
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+/// The white-space set of SPEC section 2: space, tab, CR, form feed, vertical tab.
+///
+/// `split_ascii_whitespace` is not used because it does not split on vertical tab.
+fn is_field_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | 0x0c | 0x0b)
+}
+
+/// Splits a line into its fields on runs of white space.
+fn fields(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| c.is_ascii() && is_field_separator(c as u8))
+        .filter(|f| !f.is_empty())
+}
+
+/// A parsed line. Borrowed from the line, so that parsing allocates nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command<'a> {
+    /// `IAMAT client location time`: a client reports where it is.
+    Iamat(Iamat<'a>),
+    /// `WHATSAT client radius bound`: what is near a client.
+    Whatsat(Whatsat<'a>),
+    /// `PEER name`: a neighbor opens a herd link.
+    Hello(Hello<'a>),
+    /// `AT server diff client location time`: a location record sent by a neighbor.
+    At(Record),
+    /// Anything else; answered with `? ` and a copy of the line.
+    Invalid,
+}
+
+impl<'a> Command<'a> {
+    /// Parses one line (without its line ending).
+    ///
+    /// A line that is not UTF-8 is never a valid command: its answer is the `?` copy with
+    /// U+FFFD in place of the bad bytes.
+    pub fn parse(line: &'a [u8]) -> Command<'a> {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return Command::Invalid;
+        };
+        let mut f = fields(line);
+        let parsed = match f.next() {
+            Some("IAMAT") => Iamat::from_fields(&mut f).map(Command::Iamat),
+            Some("WHATSAT") => Whatsat::from_fields(&mut f).map(Command::Whatsat),
+            Some("PEER") => f.next().map(|name| Command::Hello(Hello { name })),
+            Some("AT") => Record::parse_fields(&mut f).map(Command::At),
+            _ => None,
+        };
+        match parsed {
+            // Every command has a fixed number of fields: a trailing one makes the line invalid.
+            Some(cmd) if f.next().is_none() => cmd,
+            _ => Command::Invalid,
+        }
+    }
+}
+
+/// `IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Iamat<'a> {
+    /// The client id, as sent.
+    pub client: &'a str,
+    /// The position, with its text kept for the byte-exact copy.
+    pub location: Location<'a>,
+    /// The client's time, with its text kept for the byte-exact copy.
+    pub time: ClientTime<'a>,
+}
+
+impl<'a> Iamat<'a> {
+    fn from_fields(f: &mut impl Iterator<Item = &'a str>) -> Option<Self> {
+        Some(Iamat {
+            client: client_id(f.next()?)?,
+            location: Location::parse(f.next()?)?,
+            time: ClientTime::parse(f.next()?)?,
+        })
+    }
+}
+
+/// `WHATSAT kiwi.cs.ucla.edu 10 5`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Whatsat<'a> {
+    /// The client whose last position is the centre of the search.
+    pub client: &'a str,
+    /// The search radius.
+    pub radius: Radius,
+    /// At most this many places are returned (1..=20).
+    pub bound: u8,
+}
+
+impl<'a> Whatsat<'a> {
+    fn from_fields(f: &mut impl Iterator<Item = &'a str>) -> Option<Self> {
+        Some(Whatsat {
+            client: client_id(f.next()?)?,
+            radius: Radius::parse(f.next()?)?,
+            bound: parse_bound(f.next()?)?,
+        })
+    }
+}
+
+/// `PEER Clark`: the hello that opens a herd link, naming the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello<'a> {
+    /// The name of the server that dialled.
+    pub name: &'a str,
+}
+
+fn client_id(field: &str) -> Option<&str> {
+    (field.len() <= MAX_CLIENT_ID_BYTES).then_some(field)
+}
+
+/// The bound: an integer from 1 to 20, digits only (leading zeros allowed).
+fn parse_bound(field: &str) -> Option<u8> {
+    if !all_digits(field) {
+        return None;
+    }
+    let bound: u8 = field.parse().ok()?;
+    (1..=MAX_BOUND).contains(&bound).then_some(bound)
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A decimal number without sign or exponent: `digits` or `digits.digits`.
+///
+/// Kept as its two digit strings so that range checks and unit changes are exact.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Decimal<'a> {
+    int: &'a str,
+    frac: &'a str,
+}
+
+impl<'a> Decimal<'a> {
+    fn parse(s: &'a str) -> Option<Self> {
+        let (int, frac) = match s.split_once('.') {
+            Some((int, frac)) if all_digits(frac) => (int, frac),
+            Some(_) => return None,
+            None => (s, ""),
+        };
+        all_digits(int).then_some(Decimal { int, frac })
+    }
+
+    /// Compares the value with a whole number, exactly.
+    fn cmp_int(&self, n: u64) -> std::cmp::Ordering {
+        let int = self.int.trim_start_matches('0');
+        let frac_zero = self.frac.bytes().all(|b| b == b'0');
+        // More digits than u64 holds is larger than any limit used here.
+        let int_value = if int.len() > 19 {
+            u64::MAX
+        } else {
+            int.parse::<u64>().unwrap_or(0)
+        };
+        int_value.cmp(&n).then(if frac_zero {
+            std::cmp::Ordering::Equal
+        } else {
+            std::cmp::Ordering::Greater
+        })
+    }
+}
+
+/// A position in ISO 6709 decimal degrees, `+34.068930-118.445127`.
+///
+/// The text is kept for the byte-exact copy in AT lines; the degrees are floats because
+/// they only ever go to the places API, never into exact arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Location<'a> {
+    /// The field as the client sent it.
+    pub text: &'a str,
+    /// Latitude in degrees, within [-90, 90].
+    pub latitude: f64,
+    /// Longitude in degrees, within [-180, 180].
+    pub longitude: f64,
+}
+
+impl<'a> Location<'a> {
+    /// Parses `±DD[.D*]±DDD[.D*]`: each coordinate with its sign, latitude then longitude.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let rest = text.strip_prefix(['+', '-'])?;
+        let split = rest.find(['+', '-'])? + 1;
+        let (lat, lng) = text.split_at(split);
+        Some(Location {
+            text,
+            latitude: degrees(lat, 90)?,
+            longitude: degrees(lng, 180)?,
+        })
+    }
+
+    /// The same position, owning nothing (for records that outlive the line).
+    pub fn degrees(&self) -> Degrees {
+        Degrees {
+            latitude: self.latitude,
+            longitude: self.longitude,
+        }
+    }
+}
+
+/// A signed coordinate within ±limit degrees, checked exactly on its decimal digits.
+fn degrees(signed: &str, limit: u64) -> Option<f64> {
+    let decimal = Decimal::parse(&signed[1..])?;
+    if decimal.cmp_int(limit) == std::cmp::Ordering::Greater {
+        return None;
+    }
+    signed.parse().ok()
+}
+
+/// A position that owns its numbers, for messages and stored records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Degrees {
+    /// Latitude in degrees.
+    pub latitude: f64,
+    /// Longitude in degrees.
+    pub longitude: f64,
+}
+
+/// The client's POSIX time: whole seconds and nanoseconds, and the text it came as.
+///
+/// Digits past the ninth fraction digit are kept in `text` (the copy) but not in the value,
+/// as SPEC section 2 says. Ordering compares the value only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientTime<'a> {
+    /// The field as the client sent it.
+    pub text: &'a str,
+    /// The value, in nanoseconds since the epoch.
+    pub nanos: Nanos,
+}
+
+/// A point in time as integer nanoseconds since the epoch: the unit of all time arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nanos(pub i128);
+
+impl Nanos {
+    /// The current time of this server.
+    pub fn now() -> Nanos {
+        Nanos::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Nanos {
+    fn from(t: SystemTime) -> Nanos {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Nanos(d.as_nanos() as i128),
+            Err(e) => Nanos(-(e.duration().as_nanos() as i128)),
+        }
+    }
+}
+
+impl<'a> ClientTime<'a> {
+    /// Parses `digits[.digits]`: no sign, no exponent; at most 20 digits of seconds.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let d = Decimal::parse(text)?;
+        // u64 seconds reach year 584 billion; longer digit runs are refused, not wrapped.
+        let secs: u64 = d.int.parse().ok()?;
+        let mut nanos: i128 = 0;
+        for i in 0..9 {
+            let digit = d.frac.as_bytes().get(i).map_or(0, |b| b - b'0');
+            nanos = nanos * 10 + i128::from(digit);
+        }
+        Some(ClientTime {
+            text,
+            nanos: Nanos(i128::from(secs) * NANOS_PER_SEC + nanos),
+        })
+    }
+}
+
+/// A WHATSAT radius: greater than 0 and at most 50 km, fraction allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Radius {
+    /// The radius in metres as exact decimal text (km x 1000), for the places API's URL.
+    metres: String,
+}
+
+impl Radius {
+    /// Parses `digits[.digits]` kilometres within (0, 50].
+    pub fn parse(text: &str) -> Option<Radius> {
+        let d = Decimal::parse(text)?;
+        if d.cmp_int(0).is_le() || d.cmp_int(MAX_RADIUS_KM).is_gt() {
+            return None;
+        }
+        // Move the decimal point three places right, then drop what is not significant.
+        let frac = format!("{:0<3}", d.frac);
+        let (whole, rest) = frac.split_at(3);
+        let int = format!("{}{whole}", d.int);
+        let int = int.trim_start_matches('0');
+        let rest = rest.trim_end_matches('0');
+        let int = if int.is_empty() { "0" } else { int };
+        let metres = if rest.is_empty() {
+            int.to_owned()
+        } else {
+            format!("{int}.{rest}")
+        };
+        Some(Radius { metres })
+    }
+
+    /// The radius in metres, exact decimal text (`10` km is `10000`, `0.0125` km is `12.5`).
+    pub fn metres(&self) -> &str {
+        &self.metres
+    }
+}
+
+/// A location record: one client's position as the server that heard it wrote it.
+///
+/// The AT line is kept whole and shared (`Arc`), because it is what every other server and
+/// every WHATSAT copies byte for byte; the parsed parts are kept beside it for ordering and
+/// for the places search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    line: Arc<str>,
+    client: (u32, u32),
+    time: Nanos,
+    position: Degrees,
+}
+
+impl Record {
+    /// The record a server makes from an IAMAT it received at `received`.
+    pub fn from_iamat(server: &str, iamat: &Iamat<'_>, received: Nanos) -> Record {
+        let diff = TimeDiff(received.0 - iamat.time.nanos.0);
+        let head = format!("AT {server} {diff} ");
+        let line = format!(
+            "{head}{} {} {}",
+            iamat.client, iamat.location.text, iamat.time.text
+        );
+        Record {
+            client: (head.len() as u32, (head.len() + iamat.client.len()) as u32),
+            line: line.into(),
+            time: iamat.time.nanos,
+            position: iamat.location.degrees(),
+        }
+    }
+
+    /// Parses an AT line sent by a neighbor (after `AT`).
+    fn parse_fields<'a>(f: &mut impl Iterator<Item = &'a str>) -> Option<Record> {
+        let server = f.next()?;
+        let diff = f.next()?;
+        let client = client_id(f.next()?)?;
+        let location = Location::parse(f.next()?)?;
+        let time = ClientTime::parse(f.next()?)?;
+        if !TimeDiff::is_valid(diff) {
+            return None;
+        }
+        // Rebuilt with single spaces, so that every server stores the same bytes.
+        let head = format!("AT {server} {diff} ");
+        let line = format!("{head}{client} {} {}", location.text, time.text);
+        Some(Record {
+            client: (head.len() as u32, (head.len() + client.len()) as u32),
+            line: line.into(),
+            time: time.nanos,
+            position: location.degrees(),
+        })
+    }
+
+    /// The whole AT line, without a line ending.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    /// The AT line, shared.
+    pub fn shared_line(&self) -> Arc<str> {
+        Arc::clone(&self.line)
+    }
+
+    /// The client this record is about.
+    pub fn client(&self) -> &str {
+        &self.line[self.client.0 as usize..self.client.1 as usize]
+    }
+
+    /// The client's time, in nanoseconds.
+    pub fn time(&self) -> Nanos {
+        self.time
+    }
+
+    /// The client's position.
+    pub fn position(&self) -> Degrees {
+        self.position
+    }
+
+    /// Whether this record should replace `other` (SPEC section 3): a greater client time,
+    /// or an equal one and a bytewise greater AT line, so that every server converges.
+    pub fn supersedes(&self, other: &Record) -> bool {
+        (self.time, self.line.as_bytes()) > (other.time, other.line.as_bytes())
+    }
+}
+
+/// A server's receive time minus the client's time, printed `+S.NNNNNNNNN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeDiff(pub i128);
+
+impl TimeDiff {
+    /// Whether a field has the form this type prints: a sign, digits, a dot, nine digits.
+    fn is_valid(text: &str) -> bool {
+        let Some(rest) = text.strip_prefix(['+', '-']) else {
+            return false;
+        };
+        matches!(rest.split_once('.'), Some((s, n)) if all_digits(s) && n.len() == 9 && all_digits(n))
+    }
+}
+
+impl fmt::Display for TimeDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { '-' } else { '+' };
+        let abs = self.0.unsigned_abs();
+        let nanos_per_sec = NANOS_PER_SEC as u128;
+        write!(
+            f,
+            "{sign}{}.{:09}",
+            abs / nanos_per_sec,
+            abs % nanos_per_sec
+        )
+    }
+}
+
+/// The answer to an invalid line: `? ` and the line as received, with U+FFFD for bytes that
+/// are not UTF-8, and a line ending.
+pub fn invalid_answer(line: &[u8]) -> String {
+    format!("? {}\n", String::from_utf8_lossy(line))
+}
+
+/// The answer to an IAMAT: its AT line and a line ending.
+pub fn at_answer(record: &Record) -> String {
+    let mut answer = String::with_capacity(record.line.len() + 1);
+    answer.push_str(&record.line);
+    answer.push('\n');
+    answer
+}
+
+/// The answer to a WHATSAT (SPEC section 2): the AT line, then the JSON with every run of
+/// two or more newlines made one and trailing newlines removed, then two newlines.
+pub fn whatsat_answer(record: &Record, json: &str) -> String {
+    let json = json.trim_end_matches('\n');
+    let mut answer = String::with_capacity(record.line.len() + json.len() + 3);
+    answer.push_str(&record.line);
+    answer.push('\n');
+    let mut last_newline = false;
+    for c in json.chars() {
+        let newline = c == '\n';
+        if !(newline && last_newline) {
+            answer.push(c);
+        }
+        last_newline = newline;
+    }
+    answer.push_str("\n\n");
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iamat(line: &str) -> Option<Iamat<'_>> {
+        match Command::parse(line.as_bytes()) {
+            Command::Iamat(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn whatsat(line: &str) -> Option<Whatsat<'_>> {
+        match Command::parse(line.as_bytes()) {
+            Command::Whatsat(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn iamat_accepts_the_spec_example() {
+        let i = iamat("IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503").unwrap();
+        assert_eq!(i.client, "kiwi.cs.ucla.edu");
+        assert_eq!(i.location.text, "+34.068930-118.445127");
+        assert_eq!(i.location.latitude, 34.068930);
+        assert_eq!(i.location.longitude, -118.445127);
+        assert_eq!(i.time.nanos, Nanos(1_621_464_827_959_498_503));
+    }
+
+    #[test]
+    fn fields_split_on_every_whitespace_of_the_spec() {
+        for sep in [" ", "\t", "\r", "\x0c", "\x0b", " \t\x0b "] {
+            let line = format!("{sep}IAMAT{sep}a{sep}+1-2{sep}3{sep}");
+            assert!(iamat(&line).is_some(), "separator {sep:?}");
+        }
+    }
+
+    #[test]
+    fn other_whitespace_does_not_separate_fields() {
+        // A no-break space is part of a field, so the line has too few fields.
+        assert!(iamat("IAMAT\u{a0}a +1-2 3").is_none());
+    }
+
+    #[test]
+    fn iamat_accept_and_reject_table() {
+        let table = [
+            ("IAMAT a +34.068930-118.445127 1621464827.959498503", true),
+            ("IAMAT a +34-118 1621464827", true),
+            ("IAMAT a -90+180 0", true),
+            ("IAMAT a +90.000-180.0000 1", true),
+            ("IAMAT a +00090-0180 1", true),
+            ("IAMAT a +90.0000001+0 1", false),
+            ("IAMAT a +0+180.1 1", false),
+            ("IAMAT a +91+0 1", false),
+            ("IAMAT a 34.1-118.4 1", false),
+            ("IAMAT a +34.1118.4 1", false),
+            ("IAMAT a +34.1-118.4-1 1", false),
+            ("IAMAT a +34.-118.4 1", false),
+            ("IAMAT a +.5-118.4 1", false),
+            ("IAMAT a +3a-118 1", false),
+            ("IAMAT a ++34-118 1", false),
+            ("IAMAT a +34-118 +1", false),
+            ("IAMAT a +34-118 -1", false),
+            ("IAMAT a +34-118 1e9", false),
+            ("IAMAT a +34-118 1.", false),
+            ("IAMAT a +34-118 .5", false),
+            ("IAMAT a +34-118 1.2.3", false),
+            ("IAMAT a +34-118 99999999999999999999999", false),
+            ("IAMAT a +34-118", false),
+            ("IAMAT a +34-118 1 extra", false),
+            ("iamat a +34-118 1", false),
+        ];
+        for (line, valid) in table {
+            assert_eq!(iamat(line).is_some(), valid, "{line}");
+        }
+    }
+
+    #[test]
+    fn client_id_is_at_most_256_bytes() {
+        let ok = format!("IAMAT {} +1+1 1", "x".repeat(256));
+        let long = format!("IAMAT {} +1+1 1", "x".repeat(257));
+        assert!(iamat(&ok).is_some());
+        assert!(iamat(&long).is_none());
+    }
+
+    #[test]
+    fn time_fraction_past_nine_digits_is_copied_but_not_counted() {
+        let i = iamat("IAMAT a +1+1 1646265600.1234567899999").unwrap();
+        assert_eq!(i.time.nanos, Nanos(1_646_265_600_123_456_789));
+        assert_eq!(i.time.text, "1646265600.1234567899999");
+        let i = iamat("IAMAT a +1+1 1646265600.1234567").unwrap();
+        assert_eq!(i.time.nanos, Nanos(1_646_265_600_123_456_700));
+    }
+
+    #[test]
+    fn whatsat_accept_and_reject_table() {
+        let table = [
+            ("WHATSAT a 10 5", true),
+            ("WHATSAT a 50 20", true),
+            ("WHATSAT a 50.000 1", true),
+            ("WHATSAT a 0.001 1", true),
+            ("WHATSAT a 10 05", true),
+            ("WHATSAT a 50.0001 1", false),
+            ("WHATSAT a 51 1", false),
+            ("WHATSAT a 0 1", false),
+            ("WHATSAT a 0.000 1", false),
+            ("WHATSAT a -1 1", false),
+            ("WHATSAT a +1 1", false),
+            ("WHATSAT a 1e1 1", false),
+            ("WHATSAT a 10 0", false),
+            ("WHATSAT a 10 21", false),
+            ("WHATSAT a 10 5.0", false),
+            ("WHATSAT a 10 +5", false),
+            ("WHATSAT a 10 99999999999", false),
+            ("WHATSAT a 10", false),
+            ("WHATSAT a 10 5 6", false),
+        ];
+        for (line, valid) in table {
+            assert_eq!(whatsat(line).is_some(), valid, "{line}");
+        }
+    }
+
+    #[test]
+    fn radius_in_metres_is_exact() {
+        let table = [
+            ("10", "10000"),
+            ("10.5", "10500"),
+            ("0.0125", "12.5"),
+            ("0.001", "1"),
+            ("050", "50000"),
+            ("1.23456789", "1234.56789"),
+            ("0.0000001", "0.0001"),
+        ];
+        for (km, m) in table {
+            assert_eq!(Radius::parse(km).unwrap().metres(), m, "{km}");
+        }
+    }
+
+    #[test]
+    fn other_lines_are_invalid() {
+        for line in [
+            "", "   ", "HELLO", "IAMAT", "WHATSAT", "AT", "PEER", "PEER a b",
+        ] {
+            assert_eq!(
+                Command::parse(line.as_bytes()),
+                Command::Invalid,
+                "{line:?}"
+            );
+        }
+        assert_eq!(Command::parse(b"IAMAT \xff +1+1 1"), Command::Invalid);
+    }
+
+    #[test]
+    fn hello_names_the_sender() {
+        assert_eq!(
+            Command::parse(b"PEER Clark"),
+            Command::Hello(Hello { name: "Clark" })
+        );
+    }
+
+    #[test]
+    fn time_difference_is_exact_and_signed() {
+        let i = iamat("IAMAT kiwi +34.068930-118.445127 1621464827.959498503").unwrap();
+        let r = Record::from_iamat("Clark", &i, Nanos(1_621_464_828_223_371_889));
+        assert_eq!(
+            r.line(),
+            "AT Clark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503"
+        );
+        let r = Record::from_iamat("Clark", &i, Nanos(1_621_464_827_000_000_000));
+        assert!(
+            r.line().starts_with("AT Clark -0.959498503 "),
+            "{}",
+            r.line()
+        );
+        let r = Record::from_iamat("Clark", &i, i.time.nanos);
+        assert!(
+            r.line().starts_with("AT Clark +0.000000000 "),
+            "{}",
+            r.line()
+        );
+    }
+
+    #[test]
+    fn time_difference_keeps_nanoseconds_a_float_would_lose() {
+        let i = iamat("IAMAT a +1+1 1.000000001").unwrap();
+        let r = Record::from_iamat("S", &i, Nanos(9_007_199_254_740_993_000_000_000));
+        assert_eq!(
+            r.line(),
+            "AT S +9007199254740991.999999999 a +1+1 1.000000001"
+        );
+    }
+
+    #[test]
+    fn at_line_from_a_peer_round_trips_and_names_its_client() {
+        let line = "AT Clark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503";
+        let Command::At(r) = Command::parse(line.as_bytes()) else {
+            panic!("not an AT line")
+        };
+        assert_eq!(r.line(), line);
+        assert_eq!(r.client(), "kiwi");
+        assert_eq!(r.time(), Nanos(1_621_464_827_959_498_503));
+        for bad in [
+            "AT Clark 0.263873386 kiwi +34-118 1",
+            "AT Clark +0.26387338 kiwi +34-118 1",
+            "AT Clark +0.263873386 kiwi +34-218 1",
+            "AT Clark +0.263873386 kiwi +34-118",
+        ] {
+            assert_eq!(Command::parse(bad.as_bytes()), Command::Invalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn newer_time_wins_and_equal_time_breaks_ties_bytewise() {
+        let parse = |l: &str| match Command::parse(l.as_bytes()) {
+            Command::At(r) => r,
+            _ => panic!("{l}"),
+        };
+        let old = parse("AT Zed +0.000000000 c +1+1 100");
+        let new = parse("AT Abe +0.000000000 c +1+1 100.000000001");
+        assert!(new.supersedes(&old) && !old.supersedes(&new));
+        let a = parse("AT Abe +0.000000000 c +1+1 100");
+        let b = parse("AT Bob +0.000000000 c +1+1 100");
+        assert!(b.supersedes(&a) && !a.supersedes(&b));
+        assert!(!a.supersedes(&a.clone()));
+        // Digits past the ninth do not count as newer time, only as a bytewise tie-break.
+        let c = parse("AT Abe +0.000000000 c +1+1 100.0000000001");
+        assert_eq!(c.time(), a.time());
+    }
+
+    #[test]
+    fn invalid_answer_copies_the_line_with_replacement_characters() {
+        assert_eq!(invalid_answer(b"WHATSAT x 1 1"), "? WHATSAT x 1 1\n");
+        assert_eq!(invalid_answer(b"a\xffb"), "? a\u{fffd}b\n");
+        assert_eq!(invalid_answer(b""), "? \n");
+    }
+
+    #[test]
+    fn whatsat_answer_squeezes_newlines_and_ends_with_a_blank_line() {
+        let i = iamat("IAMAT c +1+1 1").unwrap();
+        let r = Record::from_iamat("S", &i, Nanos(1_000_000_000));
+        let answer = whatsat_answer(&r, "{\n\n\n  \"a\": 1,\n\n  \"b\": 2\n}\n\n\n");
+        assert_eq!(
+            answer,
+            "AT S +0.000000000 c +1+1 1\n{\n  \"a\": 1,\n  \"b\": 2\n}\n\n"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn coordinate(limit: u32) -> impl Strategy<Value = String> {
+            (any::<bool>(), 0..=limit, proptest::option::of("[0-9]{1,9}")).prop_map(
+                move |(neg, int, frac)| {
+                    let sign = if neg { '-' } else { '+' };
+                    match frac {
+                        Some(f) if int < limit => format!("{sign}{int}.{f}"),
+                        _ => format!("{sign}{int}"),
+                    }
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn iamat_formats_and_parses_back(
+                client in "[!-~]{1,256}",
+                lat in coordinate(90),
+                lng in coordinate(180),
+                secs in 0u64..=u64::MAX,
+                frac in proptest::option::of("[0-9]{1,15}"),
+                received in any::<i64>(),
+            ) {
+                let time = match &frac { Some(f) => format!("{secs}.{f}"), None => secs.to_string() };
+                let line = format!("IAMAT {client} {lat}{lng} {time}");
+                let iamat = iamat(&line).expect("valid IAMAT");
+                prop_assert_eq!(iamat.client, client.as_str());
+                let record = Record::from_iamat("Clark", &iamat, Nanos(i128::from(received)));
+                let Command::At(parsed) = Command::parse(record.line().as_bytes()) else {
+                    return Err(TestCaseError::fail("AT line did not parse"));
+                };
+                prop_assert_eq!(parsed.client(), client.as_str());
+                prop_assert_eq!(parsed.time(), iamat.time.nanos);
+                prop_assert_eq!(&parsed, &record);
+                // The difference printed is exactly received minus the client's time.
+                let diff = record.line().split(' ').nth(2).unwrap_or_default();
+                let (s, n) = diff[1..].split_once('.').unwrap_or_default();
+                let magnitude = s.parse::<i128>().unwrap_or(-1) * NANOS_PER_SEC + n.parse::<i128>().unwrap_or(-1);
+                let signed = if diff.starts_with('-') { -magnitude } else { magnitude };
+                prop_assert_eq!(signed, i128::from(received) - iamat.time.nanos.0);
+            }
+        }
+    }
+}
