@@ -376,3 +376,235 @@ async fn read_lines(half: OwnedReadHalf, session: Addr<ClientSession>, max_line_
     }
     session.do_send(ReadClosed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::location_store::StoreOutcome;
+    use crate::protocol::Record;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    /// A store that answers lookups from a fixed record and remembers what it was offered.
+    struct FakeStore {
+        offered: Arc<Mutex<Vec<String>>>,
+        known: Option<Record>,
+    }
+    impl Actor for FakeStore {
+        type Context = Context<Self>;
+    }
+    impl Handler<Store> for FakeStore {
+        type Result = StoreOutcome;
+        fn handle(&mut self, Store(r): Store, _: &mut Context<Self>) -> StoreOutcome {
+            self.offered.lock().unwrap().push(r.line().to_owned());
+            StoreOutcome::Stored
+        }
+    }
+    impl Handler<Lookup> for FakeStore {
+        type Result = Option<Record>;
+        fn handle(&mut self, Lookup(c): Lookup, _: &mut Context<Self>) -> Option<Record> {
+            self.known.clone().filter(|r| r.client() == &*c)
+        }
+    }
+
+    /// A places proxy that answers `{"n": <search number>, "m": <radius in metres>}` once
+    /// its gate opens.
+    struct FakePlaces {
+        searches: Arc<Mutex<Vec<NearbySearch>>>,
+        gate: watch::Receiver<bool>,
+    }
+    impl Actor for FakePlaces {
+        type Context = Context<Self>;
+    }
+    impl Handler<NearbySearch> for FakePlaces {
+        type Result = ResponseFuture<PlacesAnswer>;
+        fn handle(&mut self, s: NearbySearch, _: &mut Context<Self>) -> Self::Result {
+            let mut searches = self.searches.lock().unwrap();
+            searches.push(s);
+            let n = searches.len();
+            let m = searches[n - 1].radius.metres().to_owned();
+            let mut gate = self.gate.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+                PlacesAnswer(format!("{{\n\n\"n\": {n},\n\"m\": {m}\n}}\n"))
+            })
+        }
+    }
+
+    struct Harness {
+        client: TcpStream,
+        offered: Arc<Mutex<Vec<String>>>,
+        searches: Arc<Mutex<Vec<NearbySearch>>>,
+        gate: watch::Sender<bool>,
+    }
+
+    const KIWI: &str = "AT Other +0.100000000 kiwi +34.068930-118.445127 1621464827.959498503";
+
+    async fn session(places_open: bool) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let searches = Arc::new(Mutex::new(Vec::new()));
+        let (gate, gate_rx) = watch::channel(places_open);
+        let known = match Command::parse(KIWI.as_bytes()) {
+            Command::At(r) => Some(r),
+            _ => None,
+        };
+        let store = FakeStore {
+            offered: Arc::clone(&offered),
+            known,
+        }
+        .start();
+        let places = FakePlaces {
+            searches: Arc::clone(&searches),
+            gate: gate_rx,
+        }
+        .start();
+        let services = Services {
+            store: store.clone().recipient(),
+            lookup: store.recipient(),
+            places: places.recipient(),
+        };
+        let settings = SessionSettings {
+            server: Arc::from("Clark"),
+            max_line_bytes: 64,
+            log: ServerLog::discard(),
+        };
+        ClientSession::start(server, 1, settings, services);
+        Harness {
+            client,
+            offered,
+            searches,
+            gate,
+        }
+    }
+
+    /// Sends `input`, half-closes, and reads every answer up to the server's close.
+    async fn exchange(client: &mut TcpStream, input: &[u8]) -> String {
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
+            .await
+            .expect("the session did not close")
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn iamat_is_offered_to_the_store_and_answered_with_its_at_line() {
+        let mut h = session(true).await;
+        let out = exchange(&mut h.client, b"IAMAT pear +1.5-2 1700000000.5\n").await;
+        let offered = h.offered.lock().unwrap().clone();
+        assert_eq!(offered.len(), 1);
+        assert_eq!(out, format!("{}\n", offered[0]));
+        assert!(out.starts_with("AT Clark +"), "{out}");
+        assert!(out.ends_with(" pear +1.5-2 1700000000.5\n"), "{out}");
+    }
+
+    #[actix_rt::test]
+    async fn whatsat_searches_around_the_stored_position() {
+        let mut h = session(true).await;
+        let out = exchange(&mut h.client, b"WHATSAT kiwi 1.5 7\n").await;
+        assert_eq!(out, format!("{KIWI}\n{{\n\"n\": 1,\n\"m\": 1500\n}}\n\n"));
+        let searches = h.searches.lock().unwrap();
+        assert_eq!(searches.len(), 1);
+        assert_eq!(searches[0].position.latitude, 34.068930);
+        assert_eq!(searches[0].position.longitude, -118.445127);
+        assert_eq!(searches[0].radius.metres(), "1500");
+        assert_eq!(searches[0].bound, 7);
+    }
+
+    #[actix_rt::test]
+    async fn whatsat_of_an_unknown_client_is_invalid_and_searches_nothing() {
+        let mut h = session(true).await;
+        let out = exchange(&mut h.client, b"WHATSAT nobody 10 5\n").await;
+        assert_eq!(out, "? WHATSAT nobody 10 5\n");
+        assert!(h.searches.lock().unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn answers_keep_line_order_when_a_later_one_is_ready_first() {
+        let mut h = session(false).await;
+        let gate = h.gate.clone();
+        let searches = Arc::clone(&h.searches);
+        // Open the places gate only once the quick lines behind the WHATSAT are answered
+        // (they are held back by the session, so the client cannot see them yet).
+        actix_rt::spawn(async move {
+            while searches.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = gate.send(true);
+        });
+        let out = exchange(
+            &mut h.client,
+            b"WHATSAT kiwi 10 5\nnonsense\r\nPEER Bona\nAT x",
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!("{KIWI}\n{{\n\"n\": 1,\n\"m\": 10000\n}}\n\n? nonsense\n? PEER Bona\n? AT x\n")
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_too_long_line_is_answered_with_its_first_bytes_and_the_session_goes_on() {
+        let mut h = session(true).await;
+        let long = format!("IAMAT {}\nWHATSAT nobody 1 1\n", "x".repeat(200));
+        let out = exchange(&mut h.client, long.as_bytes()).await;
+        assert_eq!(out, format!("? {}\n? WHATSAT nobody 1 1\n", &long[..64]));
+    }
+
+    #[actix_rt::test]
+    async fn reading_pauses_while_too_many_answers_are_owed() {
+        let mut h = session(false).await;
+        // Line i asks for a radius of i metres, which the fake echoes in its answer.
+        let count_lines = 4 * MAX_PENDING_ANSWERS;
+        let lines: String = (1..=count_lines)
+            .map(|i| format!("WHATSAT kiwi {}.{:03} 5\n", i / 1000, i % 1000))
+            .collect();
+        let (mut read, mut write) = h.client.into_split();
+        let writer = actix_rt::spawn(async move {
+            write.write_all(lines.as_bytes()).await.unwrap();
+            write.shutdown().await.unwrap();
+        });
+        // The session takes lines until it owes the maximum, then stops reading.
+        let searches = Arc::clone(&h.searches);
+        let count = || searches.lock().unwrap().len();
+        while count() < MAX_PENDING_ANSWERS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let paused_at = count();
+        assert!(
+            paused_at < 2 * MAX_PENDING_ANSWERS,
+            "{paused_at} searches started: reading did not pause"
+        );
+        // Once the answers come, reading resumes and every line is answered, in order.
+        h.gate.send(true).unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        writer.await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let radii: Vec<usize> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("\"m\": "))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(radii.len(), count_lines);
+        let misplaced = radii.iter().enumerate().find(|(i, m)| i + 1 != **m);
+        assert!(
+            misplaced.is_none(),
+            "answer out of line order: {misplaced:?}"
+        );
+    }
+}

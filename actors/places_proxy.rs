@@ -70,8 +70,10 @@ pub struct PlacesProxy {
 impl PlacesProxy {
     /// A proxy for the legacy Nearby Search at `url`.
     pub fn new(url: String, timeout: Duration, key: Option<ApiKey>) -> PlacesProxy {
+        // The call's own timeout covers headers and body together; awc's would cover only
+        // the headers, so it is turned off.
         let client = awc::Client::builder()
-            .timeout(timeout)
+            .disable_timeout()
             .disable_redirects()
             .finish();
         PlacesProxy {
@@ -185,6 +187,129 @@ fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::places_server::{PlacesServer, Reply};
+
+    const LEGACY_OK: &str = include_str!("../tests/fixtures/places/legacy_ok.json");
+
+    fn search(bound: u8) -> NearbySearch {
+        NearbySearch {
+            position: Degrees {
+                latitude: 34.06893,
+                longitude: -118.445127,
+            },
+            radius: Radius::parse("1.5").unwrap(),
+            bound,
+        }
+    }
+
+    fn proxy(server: &PlacesServer, timeout_ms: u64, key: Option<&str>) -> Addr<PlacesProxy> {
+        PlacesProxy::new(
+            server.url("/maps/api/place/nearbysearch/json"),
+            Duration::from_millis(timeout_ms),
+            key.map(ApiKey::new),
+        )
+        .start()
+    }
+
+    fn json(answer: &PlacesAnswer) -> serde_json::Value {
+        serde_json::from_str(&answer.0).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn legacy_search_sends_location_radius_in_metres_and_key() {
+        let server = PlacesServer::always(LEGACY_OK).unwrap();
+        let places = proxy(&server, 5000, Some("k+y/1"));
+        places.send(search(5)).await.unwrap();
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert_eq!(r.method, "GET");
+        assert!(
+            r.target.starts_with("/maps/api/place/nearbysearch/json?"),
+            "{}",
+            r.target
+        );
+        assert_eq!(r.query("location"), Some("34.06893,-118.445127"));
+        assert_eq!(r.query("radius"), Some("1500"));
+        assert_eq!(r.query("key"), Some("k%2By%2F1"));
+    }
+
+    #[actix_rt::test]
+    async fn results_are_cut_to_the_bound_and_the_rest_passes_through() {
+        let server = PlacesServer::always(LEGACY_OK).unwrap();
+        let places = proxy(&server, 5000, Some("k"));
+        let answer = places.send(search(3)).await.unwrap();
+        let full: serde_json::Value = serde_json::from_str(LEGACY_OK).unwrap();
+        let cut = json(&answer);
+        assert_eq!(
+            cut["results"].as_array().unwrap()[..],
+            full["results"].as_array().unwrap()[..3]
+        );
+        assert_eq!(cut["status"], "OK");
+        assert!(
+            answer.0.starts_with("{\n   \"html_attributions\" : [],"),
+            "Google's layout kept"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn connections_are_kept_alive_between_searches() {
+        let server = PlacesServer::always(LEGACY_OK).unwrap();
+        let places = proxy(&server, 5000, Some("k"));
+        for _ in 0..5 {
+            places.send(search(1)).await.unwrap();
+        }
+        assert_eq!(server.requests().len(), 5);
+        assert_eq!(server.connections(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn failures_answer_in_the_api_error_shape_without_the_key() {
+        let cases = [
+            (Reply::Json(503, "{}".into()), 5000, "HTTP 503"),
+            (Reply::Html(200, "<html>".into()), 5000, "not JSON"),
+            (Reply::Json(200, "[1]".into()), 5000, "not an object"),
+            (
+                Reply::After(
+                    Duration::from_secs(5),
+                    Box::new(Reply::Json(200, LEGACY_OK.into())),
+                ),
+                200,
+                "within 200 ms",
+            ),
+        ];
+        for (reply, timeout_ms, message) in cases {
+            let server = PlacesServer::start(move |_| reply.clone()).unwrap();
+            let places = proxy(&server, timeout_ms, Some("secret-key"));
+            let answer = places.send(search(5)).await.unwrap();
+            let v = json(&answer);
+            assert_eq!(v["status"], UNKNOWN_ERROR, "{message}");
+            assert_eq!(v["results"], serde_json::json!([]));
+            let error = v["error_message"].as_str().unwrap();
+            assert!(error.contains(message), "{error} should say {message}");
+            assert!(!answer.0.contains("secret-key"));
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_unreachable_api_is_an_error_answer() {
+        let server = PlacesServer::always("{}").unwrap();
+        let url = server.url("/x");
+        drop(server);
+        let places = PlacesProxy::new(url, Duration::from_secs(2), Some(ApiKey::new("k"))).start();
+        let v = json(&places.send(search(5)).await.unwrap());
+        assert_eq!(v["status"], UNKNOWN_ERROR);
+    }
+
+    #[actix_rt::test]
+    async fn without_a_key_no_call_is_made_and_the_answer_is_request_denied() {
+        let server = PlacesServer::always(LEGACY_OK).unwrap();
+        let places = proxy(&server, 5000, None);
+        let v = json(&places.send(search(5)).await.unwrap());
+        assert_eq!(v["status"], REQUEST_DENIED);
+        assert!(v["error_message"].as_str().unwrap().contains(API_KEY_VAR));
+        assert!(server.requests().is_empty());
+    }
 
     #[test]
     fn the_key_never_prints() {

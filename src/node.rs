@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -133,7 +133,7 @@ impl Node {
         let serving = actix_rt::spawn(serve(
             listener, settings, services, stopped, log_writer, grace,
         ));
-        info!(target: LOG_TARGET, "{name} listening on {client_addr}");
+        debug!(target: LOG_TARGET, "{name} listening on {client_addr}");
         Ok(Node {
             name: name.to_owned(),
             client_addr,
