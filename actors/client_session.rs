@@ -563,7 +563,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn reading_pauses_while_too_many_answers_are_owed() {
-        let mut h = session(false).await;
+        let h = session(false).await;
         // Line i asks for a radius of i metres, which the fake echoes in its answer.
         let count_lines = 4 * MAX_PENDING_ANSWERS;
         let lines: String = (1..=count_lines)
