@@ -6,6 +6,10 @@
 //! even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
 //! when its answer is known, and the filled slots at the front go to the socket together.
 //!
+//! A connection whose first words are `PEER <Name>` from a configured neighbor becomes the
+//! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
+//! from that neighbor, and get no answer (SPEC section 3).
+//!
 //! Two bounds keep one client from making the server hold without limit: when
 //! [`MAX_PENDING_ANSWERS`] answers are owed the reader stops reading (TCP pushes back on the
 //! client), and when more than [`MAX_OUTPUT_BYTES`] of answers wait for a client that does
@@ -69,6 +73,9 @@ pub struct SessionSettings {
     pub max_line_bytes: usize,
     /// The server's log file.
     pub log: ServerLog,
+    /// The neighbors allowed to open a herd link on this listener by saying `PEER <Name>`
+    /// (none on the client address when the server has a separate `peer_addr`).
+    pub neighbors: Arc<[Arc<str>]>,
 }
 
 /// One client connection.
@@ -93,6 +100,9 @@ pub struct ClientSession {
     room: Option<oneshot::Sender<()>>,
     /// The client sent its last line (or the server is shutting down): finish and close.
     read_closed: bool,
+    /// The neighbor at the other end, once it said hello: the connection then carries its
+    /// records.
+    peer: Option<Arc<str>>,
 }
 
 impl ClientSession {
@@ -122,6 +132,7 @@ impl ClientSession {
                 reader: Some(reader),
                 room: None,
                 read_closed: false,
+                peer: None,
             }
         })
     }
@@ -132,6 +143,12 @@ impl ClientSession {
         self.slots.push_back(None);
         let bytes = match line {
             Line::Complete(bytes) => bytes,
+            // A neighbor's record cut short by a dropped link must not be taken for a record.
+            Line::Unterminated(bytes) if self.peer.is_some() => {
+                self.settings.log.line_in(self.conn, &bytes);
+                return self.fill(slot, Bytes::new());
+            }
+            Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
                 self.settings.log.line_in(self.conn, &prefix);
                 return self.fill(slot, protocol::invalid_answer(&prefix).into());
@@ -139,10 +156,31 @@ impl ClientSession {
         };
         self.settings.log.line_in(self.conn, &bytes);
         match Command::parse(&bytes) {
+            Command::Hello(hello) if self.peer.is_none() => {
+                let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
+                match neighbor {
+                    Some(neighbor) => {
+                        self.settings
+                            .log
+                            .note(Some(self.conn), format!("link from {neighbor} accepted"));
+                        self.peer = Some(Arc::clone(neighbor));
+                        self.fill(slot, Bytes::new());
+                    }
+                    None => self.fill(slot, protocol::invalid_answer(&bytes).into()),
+                }
+            }
+            Command::At(record) if self.peer.is_some() => {
+                let from = self.peer.clone();
+                let stored = self.services.store.send(Store { record, from });
+                ctx.spawn(stored.into_actor(self).map(move |_, act, ctx| {
+                    act.fill(slot, Bytes::new());
+                    act.flush(ctx);
+                }));
+            }
             Command::Iamat(iamat) => {
                 let record = protocol::Record::from_iamat(&self.settings.server, &iamat, received);
                 let answer = Bytes::from(protocol::at_answer(&record));
-                let stored = self.services.store.send(Store(record));
+                let stored = self.services.store.send(Store { record, from: None });
                 ctx.spawn(stored.into_actor(self).map(move |outcome, act, ctx| {
                     if let Err(e) = outcome {
                         log::error!(target: LOG_TARGET, "conn {}: the store is gone: {e}", act.conn);
@@ -179,8 +217,8 @@ impl ClientSession {
                     act.flush(ctx);
                 }));
             }
-            // Herd links are not part of this server yet: a hello or a record from a client
-            // connection is an invalid line like any other.
+            // A second hello, a hello from a stranger, or a record on a connection that did
+            // not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
                 self.fill(slot, protocol::invalid_answer(&bytes).into());
             }
@@ -194,7 +232,9 @@ impl ClientSession {
         };
         *entry = Some(answer);
         while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(answer)) = self.slots.pop_front() {
+            if let Some(Some(answer)) = self.slots.pop_front()
+                && !answer.is_empty()
+            {
                 self.settings.log.answer_out(self.conn, &answer);
                 self.out.extend_from_slice(&answer);
             }
@@ -272,6 +312,10 @@ impl Actor for ClientSession {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
             reader.abort();
+        }
+        if let Some(neighbor) = &self.peer {
+            let note = format!("link from {neighbor} closed");
+            self.settings.log.note(Some(self.conn), note);
         }
         self.settings.log.note(Some(self.conn), "closed");
         debug!(target: LOG_TARGET, "conn {}: closed", self.conn);
@@ -397,8 +441,11 @@ mod tests {
     }
     impl Handler<Store> for FakeStore {
         type Result = StoreOutcome;
-        fn handle(&mut self, Store(r): Store, _: &mut Context<Self>) -> StoreOutcome {
-            self.offered.lock().unwrap().push(r.line().to_owned());
+        fn handle(&mut self, msg: Store, _: &mut Context<Self>) -> StoreOutcome {
+            self.offered
+                .lock()
+                .unwrap()
+                .push(msg.record.line().to_owned());
             StoreOutcome::Stored
         }
     }
@@ -474,6 +521,7 @@ mod tests {
             server: Arc::from("Clark"),
             max_line_bytes: 64,
             log: ServerLog::discard(),
+            neighbors: Arc::from([Arc::from("Bona")]),
         };
         ClientSession::start(server, 1, settings, services);
         Harness {
@@ -544,13 +592,49 @@ mod tests {
         });
         let out = exchange(
             &mut h.client,
-            b"WHATSAT kiwi 10 5\nnonsense\r\nPEER Bona\nAT x",
+            b"WHATSAT kiwi 10 5\nnonsense\r\nPEER Zed\nAT x",
         )
         .await;
         assert_eq!(
             out,
-            format!("{KIWI}\n{{\n\"n\": 1,\n\"m\": 10000\n}}\n\n? nonsense\n? PEER Bona\n? AT x\n")
+            format!("{KIWI}\n{{\n\"n\": 1,\n\"m\": 10000\n}}\n\n? nonsense\n? PEER Zed\n? AT x\n")
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_neighbor_hello_turns_the_connection_into_a_silent_record_stream() {
+        let mut h = session(true).await;
+        let records = "AT Bona +0.000000000 a +1+1 1\nAT Bona +0.000000000 b +1+1 2\n";
+        let input = format!(
+            "AT Bona +0.000000000 z +1+1 1\nPEER Bona\n{records}PEER Bona\nAT Bona +0.000000000 c +1+1"
+        );
+        let out = exchange(&mut h.client, input.as_bytes()).await;
+        // Before the hello a record is invalid; after it records get no answer; a second
+        // hello is invalid; a last record cut short by the end of the stream is dropped.
+        assert_eq!(out, "? AT Bona +0.000000000 z +1+1 1\n? PEER Bona\n");
+        let offered = h.offered.lock().unwrap().clone();
+        assert_eq!(
+            offered,
+            [
+                "AT Bona +0.000000000 a +1+1 1",
+                "AT Bona +0.000000000 b +1+1 2"
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_hello_from_a_server_that_is_not_a_neighbor_is_refused() {
+        let mut h = session(true).await;
+        let out = exchange(
+            &mut h.client,
+            b"PEER Campbell\nAT Campbell +0.000000000 a +1+1 1\n",
+        )
+        .await;
+        assert_eq!(
+            out,
+            "? PEER Campbell\n? AT Campbell +0.000000000 a +1+1 1\n"
+        );
+        assert!(h.offered.lock().unwrap().is_empty());
     }
 
     #[actix_rt::test]

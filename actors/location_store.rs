@@ -1,10 +1,13 @@
 //! The `LocationStore` actor: the one owner of the client records.
 //!
 //! Records only ever change here, one message at a time, so "newer wins" (SPEC section 3)
-//! needs no lock. What it stores it publishes to its subscribers: that is the seam the herd
-//! links plug into to flood records to neighbors.
+//! needs no lock. What it stores it publishes to its subscribers (the `PeerLink`s, which
+//! flood it to the neighbors), and it answers a [`Store`] only once every subscriber has
+//! taken the record: that is how a client's AT answer comes after the record went out on
+//! every link that is up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use log::debug;
@@ -19,7 +22,7 @@ pub const LOG_TARGET: &str = "herd::location_store";
 pub struct LocationStore {
     /// The latest record per client id.
     records: HashMap<Box<str>, Record>,
-    /// Who hears of every record that is stored (the herd links, later).
+    /// Who hears of every record that is stored: the server's links to its neighbors.
     subscribers: Vec<Recipient<Stored>>,
 }
 
@@ -30,7 +33,12 @@ impl Actor for LocationStore {
 /// Offer a record; it is stored if it supersedes the one held for its client.
 #[derive(Message, Debug)]
 #[rtype(result = "StoreOutcome")]
-pub struct Store(pub Record);
+pub struct Store {
+    /// The record.
+    pub record: Record,
+    /// The neighbor it came from, which is not sent it back; `None` for a client's IAMAT.
+    pub from: Option<Arc<str>>,
+}
 
 /// What became of a [`Store`].
 #[derive(MessageResponse, Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +54,21 @@ pub enum StoreOutcome {
 #[rtype(result = "Option<Record>")]
 pub struct Lookup(pub Box<str>);
 
-/// Published to every subscriber when a record is stored.
+/// Published to every subscriber when a record is stored. Handling it means the record
+/// has been handed to the neighbor (or queued for it).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Stored(pub Record);
+pub struct Stored {
+    /// The record now held.
+    pub record: Record,
+    /// The neighbor it came from, if any.
+    pub from: Option<Arc<str>>,
+}
+
+/// Every record held, as AT lines: what a link sends a neighbor when it (re)connects.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<Arc<str>>")]
+pub struct Snapshot;
 
 /// Adds a subscriber to the records this store stores from now on.
 #[derive(Message)]
@@ -57,9 +76,9 @@ pub struct Stored(pub Record);
 pub struct Subscribe(pub Recipient<Stored>);
 
 impl Handler<Store> for LocationStore {
-    type Result = StoreOutcome;
+    type Result = ResponseFuture<StoreOutcome>;
 
-    fn handle(&mut self, Store(record): Store, _: &mut Context<Self>) -> StoreOutcome {
+    fn handle(&mut self, Store { record, from }: Store, _: &mut Context<Self>) -> Self::Result {
         let outcome = match self.records.get_mut(record.client()) {
             Some(held) if !record.supersedes(held) => StoreOutcome::Kept,
             Some(held) => {
@@ -71,13 +90,20 @@ impl Handler<Store> for LocationStore {
                 StoreOutcome::Stored
             }
         };
-        debug!(target: LOG_TARGET, "Store {:?}: {outcome:?}", record.line());
-        if outcome == StoreOutcome::Stored {
-            for subscriber in &self.subscribers {
-                subscriber.do_send(Stored(record.clone()));
-            }
+        debug!(target: LOG_TARGET, "Store {:?} from {from:?}: {outcome:?}", record.line());
+        if outcome == StoreOutcome::Kept || self.subscribers.is_empty() {
+            return Box::pin(async move { outcome });
         }
-        outcome
+        let taken = futures_util::future::join_all(self.subscribers.iter().map(|s| {
+            s.send(Stored {
+                record: record.clone(),
+                from: from.clone(),
+            })
+        }));
+        Box::pin(async move {
+            taken.await;
+            outcome
+        })
     }
 }
 
@@ -88,6 +114,15 @@ impl Handler<Lookup> for LocationStore {
         let found = self.records.get(&client).cloned();
         debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
         found
+    }
+}
+
+impl Handler<Snapshot> for LocationStore {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        debug!(target: LOG_TARGET, "Snapshot: {} records", self.records.len());
+        MessageResult(self.records.values().map(Record::shared_line).collect())
     }
 }
 
@@ -105,6 +140,10 @@ mod tests {
     use super::*;
     use crate::protocol::Command;
 
+    fn client(record: Record) -> Store {
+        Store { record, from: None }
+    }
+
     fn record(line: &str) -> Record {
         match Command::parse(line.as_bytes()) {
             Command::At(r) => r,
@@ -120,8 +159,9 @@ mod tests {
     }
     impl Handler<Stored> for Collector {
         type Result = ();
-        fn handle(&mut self, Stored(r): Stored, _: &mut Context<Self>) {
-            self.0.push(r.line().to_owned());
+        fn handle(&mut self, Stored { record, from }: Stored, _: &mut Context<Self>) {
+            let from = from.as_deref().unwrap_or("client").to_owned();
+            self.0.push(format!("{from}: {}", record.line()));
         }
     }
     /// Asks the collector what it has seen; queued behind every `Stored` sent before it.
@@ -141,16 +181,16 @@ mod tests {
         let old = record("AT A +0.000000000 kiwi +1+1 100");
         let new = record("AT B +0.000000000 kiwi +2+2 200");
         assert_eq!(
-            store.send(Store(old.clone())).await.unwrap(),
+            store.send(client(old.clone())).await.unwrap(),
             StoreOutcome::Stored
         );
         assert_eq!(
-            store.send(Store(new.clone())).await.unwrap(),
+            store.send(client(new.clone())).await.unwrap(),
             StoreOutcome::Stored
         );
-        assert_eq!(store.send(Store(old)).await.unwrap(), StoreOutcome::Kept);
+        assert_eq!(store.send(client(old)).await.unwrap(), StoreOutcome::Kept);
         assert_eq!(
-            store.send(Store(new.clone())).await.unwrap(),
+            store.send(client(new.clone())).await.unwrap(),
             StoreOutcome::Kept
         );
         assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(new));
@@ -162,8 +202,8 @@ mod tests {
         let store = LocationStore::default().start();
         let a = record("AT Abe +0.000000000 kiwi +1+1 100");
         let b = record("AT Bob +0.000000000 kiwi +1+1 100");
-        store.send(Store(b.clone())).await.unwrap();
-        assert_eq!(store.send(Store(a)).await.unwrap(), StoreOutcome::Kept);
+        store.send(client(b.clone())).await.unwrap();
+        assert_eq!(store.send(client(a)).await.unwrap(), StoreOutcome::Kept);
         assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(b));
     }
 
@@ -179,17 +219,21 @@ mod tests {
             "AT A +0.000000000 kiwi +1+1 100",
             "AT A +0.000000000 kiwi +1+1 50",
             "AT A +0.000000000 kiwi +1+1 100",
-            "AT A +0.000000000 pear +1+1 1",
         ] {
-            store.send(Store(record(line))).await.unwrap();
+            store.send(client(record(line))).await.unwrap();
         }
+        let from_bona = Store {
+            record: record("AT A +0.000000000 pear +1+1 1"),
+            from: Some("Bona".into()),
+        };
+        store.send(from_bona).await.unwrap();
         // Every `Stored` was queued at the collector before this is.
         let seen = collector.send(Seen).await.unwrap();
         assert_eq!(
             seen,
             [
-                "AT A +0.000000000 kiwi +1+1 100",
-                "AT A +0.000000000 pear +1+1 1"
+                "client: AT A +0.000000000 kiwi +1+1 100",
+                "Bona: AT A +0.000000000 pear +1+1 1"
             ]
         );
     }

@@ -11,4 +11,5 @@
 
 pub mod client_session;
 pub mod location_store;
+pub mod peer_link;
 pub mod places_proxy;

@@ -11,6 +11,7 @@
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_server`]: a local HTTP server that plays the places API (tests, benchmarks).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
+//! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
 //! - [`actors`]: the actors and their typed messages, one module per actor
 //!   (`ClientSession`, `LocationStore`, `PlacesProxy`).
 //! - [`server_log`]: each server's log file, written off the hot path.
@@ -19,6 +20,7 @@
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod line;

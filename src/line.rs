@@ -14,6 +14,10 @@ pub enum Line {
     Complete(Bytes),
     /// A line over the limit: its first `limit` bytes. The rest of it is skipped.
     TooLong(Bytes),
+    /// The bytes after the last line ending when the stream ended. A client's last line
+    /// may come so (it is a command like any other); a record from a neighbor may not (it
+    /// may be a record cut short by a dropped link).
+    Unterminated(Bytes),
 }
 
 /// Cuts lines ending in `\n` (or `\r\n`) out of the bytes pushed into it.
@@ -79,11 +83,14 @@ impl LineSplitter {
         }
     }
 
-    /// The stream ended: a last line without a line ending is a line like any other.
+    /// The stream ended: what follows the last line ending is an [`Line::Unterminated`] line.
     pub fn finish(&mut self, out: &mut Vec<Line>) {
         if !self.partial.is_empty() {
             let line = self.partial.split();
-            out.push(self.cut(line));
+            out.push(match self.cut(line) {
+                Line::Complete(line) => Line::Unterminated(line),
+                other => other,
+            });
         }
         self.skipping = false;
     }
@@ -138,10 +145,13 @@ mod tests {
     }
 
     #[test]
-    fn last_line_without_ending_counts_at_end_of_stream() {
+    fn last_line_without_ending_is_kept_at_end_of_stream() {
         assert_eq!(
             split(100, &[b"a\nlast"], true),
-            [complete("a"), complete("last")]
+            [
+                complete("a"),
+                Line::Unterminated(Bytes::from_static(b"last"))
+            ]
         );
         assert_eq!(split(100, &[b"a\n"], true), [complete("a")]);
     }

@@ -1,24 +1,28 @@
 //! Starting one server of the herd, and stopping it cleanly.
 //!
-//! A node is its actors (one `LocationStore`, one `PlacesProxy`), its log file and an accept
-//! loop that starts a `ClientSession` per connection. Start-up takes an already bound
+//! A node is its actors (one `LocationStore`, one `PlacesProxy`, a `PeerLink` per
+//! neighbor), its log file, and an accept loop per listening address (the client address,
+//! and the `peer_addr` if it has one) that starts a `ClientSession` per connection. Start-up takes an already bound
 //! listener ([`Node::start_on`]) so tests can bind port 0 and start whole herds in one
 //! process; [`Node::start`] binds the configured address first.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::actors::client_session::{ClientSession, Drain, Services, SessionSettings};
-use crate::actors::location_store::LocationStore;
+use crate::actors::location_store::{LocationStore, Subscribe};
+use crate::actors::peer_link::{Close, PeerLink};
 use crate::actors::places_proxy::{ApiKey, PlacesProxy};
 use crate::config::{ConfigError, HerdConfig};
 use crate::server_log::{LogWriter, ServerLog};
@@ -66,9 +70,13 @@ pub enum StartError {
 pub struct Node {
     name: String,
     client_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
     store: Addr<LocationStore>,
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<()>,
+    links: Vec<Addr<PeerLink>>,
+    log: ServerLog,
+    log_writer: LogWriter,
+    stop: watch::Sender<bool>,
+    accepting: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -80,17 +88,12 @@ impl Node {
         key: Option<ApiKey>,
     ) -> Result<Node, StartError> {
         let addr = config.node(name)?.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: name.to_owned(),
-                addr,
-                source,
-            })?;
+        let listener = bind(name, addr).await?;
         Self::start_on(config, name, listener, key)
     }
 
-    /// Starts server `name` of `config` on an already bound listener.
+    /// Starts server `name` of `config` on an already bound client listener. A separate
+    /// `peer_addr`, if configured, is bound here (on the `listen` IP when one is set).
     pub fn start_on(
         config: &HerdConfig,
         name: &str,
@@ -98,11 +101,27 @@ impl Node {
         key: Option<ApiKey>,
     ) -> Result<Node, StartError> {
         let node = config.node(name)?;
-        let client_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let bind_error = |addr, source| StartError::Bind {
             name: name.to_owned(),
-            addr: node.listen_addr(),
+            addr,
             source,
-        })?;
+        };
+        let client_addr = listener
+            .local_addr()
+            .map_err(|e| bind_error(node.listen_addr(), e))?;
+        let peer_listener = match node.peer_addr {
+            Some(peer_addr) => {
+                let ip = node.listen.map_or(peer_addr.ip(), |l| l.ip());
+                let addr = SocketAddr::new(ip, peer_addr.port());
+                let listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| bind_error(addr, e))?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (log, log_writer) =
             ServerLog::open(&config.log.dir, name).map_err(|source| StartError::Log {
                 name: name.to_owned(),
@@ -112,10 +131,28 @@ impl Node {
         // awc's TLS needs a process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         log.note(None, format!("{name} listening on {client_addr}"));
+        if let Some(peer_addr) = peer_addr {
+            log.note(None, format!("{name} accepting herd links on {peer_addr}"));
+        }
         if key.is_none() {
             log.note(None, "no places API key: WHATSAT answers REQUEST_DENIED");
         }
+
+        let me: Arc<str> = Arc::from(name);
         let store = LocationStore::default().start();
+        let mut links = Vec::new();
+        for neighbor in config.neighbors(name) {
+            let link = PeerLink::new(
+                Arc::clone(&me),
+                Arc::from(neighbor.name.as_str()),
+                neighbor.peer_addr.unwrap_or(neighbor.addr),
+                store.clone().recipient(),
+                log.clone(),
+            )
+            .start();
+            store.do_send(Subscribe(link.clone().recipient()));
+            links.push(link);
+        }
         let places =
             PlacesProxy::new(config.places.url.clone(), config.places.timeout, key).start();
         let services = Services {
@@ -123,23 +160,57 @@ impl Node {
             lookup: store.clone().recipient(),
             places: places.recipient(),
         };
+        let neighbors: Arc<[Arc<str>]> = config
+            .neighbors(name)
+            .map(|n| Arc::from(n.name.as_str()))
+            .collect();
         let settings = SessionSettings {
-            server: Arc::from(name),
+            server: me,
             max_line_bytes: config.limits.max_line_bytes,
-            log,
+            log: log.clone(),
+            // With a separate peer address, a hello on the client address is refused.
+            neighbors: if peer_listener.is_some() {
+                Arc::from([])
+            } else {
+                Arc::clone(&neighbors)
+            },
         };
-        let (stop, stopped) = oneshot::channel();
+        let (stop, stopped) = watch::channel(false);
         let grace = config.places.timeout + SHUTDOWN_GRACE;
-        let serving = actix_rt::spawn(serve(
-            listener, settings, services, stopped, log_writer, grace,
-        ));
+        let conns = Rc::new(Cell::new(0));
+        let mut accepting = vec![actix_rt::spawn(accept(
+            listener,
+            settings.clone(),
+            services.clone(),
+            stopped.clone(),
+            grace,
+            Rc::clone(&conns),
+        ))];
+        if let Some(peer_listener) = peer_listener {
+            let settings = SessionSettings {
+                neighbors,
+                ..settings
+            };
+            accepting.push(actix_rt::spawn(accept(
+                peer_listener,
+                settings,
+                services,
+                stopped,
+                grace,
+                conns,
+            )));
+        }
         debug!(target: LOG_TARGET, "{name} listening on {client_addr}");
         Ok(Node {
             name: name.to_owned(),
             client_addr,
+            peer_addr,
             store,
+            links,
+            log,
+            log_writer,
             stop,
-            serving,
+            accepting,
         })
     }
 
@@ -153,41 +224,64 @@ impl Node {
         self.client_addr
     }
 
-    /// The server's location store (for the herd links, and for tests).
+    /// The address neighbors connect to, when apart from the client address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The server's location store (for tests).
     pub fn store(&self) -> &Addr<LocationStore> {
         &self.store
     }
 
     /// Stops accepting, lets every session deliver the answers it owes (within the places
-    /// timeout and a second), then flushes and closes the log.
+    /// timeout and a second), closes the links, then flushes and closes the log.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.serving.await;
+        let _ = self.stop.send(true);
+        for accepting in self.accepting {
+            let _ = accepting.await;
+        }
+        for link in &self.links {
+            let _ = link.send(Close).await;
+        }
+        self.log.note(None, "stopped");
+        self.log_writer.close();
         info!(target: LOG_TARGET, "{} stopped", self.name);
     }
 }
 
-/// The accept loop, then the orderly end of a server.
-async fn serve(
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            name: name.to_owned(),
+            addr,
+            source,
+        })
+}
+
+/// An accept loop, then, once told to stop, the draining of the sessions it started.
+async fn accept(
     listener: TcpListener,
     settings: SessionSettings,
     services: Services,
-    mut stopped: oneshot::Receiver<()>,
-    log_writer: LogWriter,
+    mut stopped: watch::Receiver<bool>,
     grace: Duration,
+    conns: Rc<Cell<u64>>,
 ) {
     let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
     let mut prune_at = 64;
-    let mut next_conn = 0;
     loop {
         tokio::select! {
-            _ = &mut stopped => break,
+            _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    next_conn += 1;
+                    conns.set(conns.get() + 1);
                     // Answers are written whole; Nagle would only delay them.
                     let _ = stream.set_nodelay(true);
-                    sessions.push(ClientSession::start(stream, next_conn, settings.clone(), services.clone()));
+                    let session =
+                        ClientSession::start(stream, conns.get(), settings.clone(), services.clone());
+                    sessions.push(session);
                     if sessions.len() >= prune_at {
                         sessions.retain(Addr::connected);
                         prune_at = (sessions.len() * 2).max(64);
@@ -201,9 +295,6 @@ async fn serve(
         }
     }
     drop(listener);
-    settings
-        .log
-        .note(None, "stopping: draining client sessions");
     for session in &sessions {
         session.do_send(Drain);
     }
@@ -211,6 +302,4 @@ async fn serve(
     while sessions.iter().any(Addr::connected) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    settings.log.note(None, "stopped");
-    log_writer.close();
 }

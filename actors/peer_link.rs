@@ -1,0 +1,337 @@
+//! The `PeerLink` actor: this server's outgoing link to one neighbor (SPEC section 3).
+//!
+//! It dials the neighbor, says `PEER <me>`, sends every record the store holds, then every
+//! record stored from then on (except those that came from that neighbor). It notices a
+//! dropped link by itself (its reader sees end-of-file or an error), and redials with capped
+//! exponential backoff and jitter, reset once connected. Nothing is queued while the link
+//! is down: every (re)connection starts with the whole snapshot, which covers all that was
+//! missed. While it is up, what the socket has not taken yet is bounded by
+//! [`MAX_LINK_QUEUE_BYTES`]; past it the link drops its queue and the connection, and
+//! resends everything on the next one, so a slow or dead neighbor never holds memory or a
+//! client.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Buf, BytesMut};
+use log::debug;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::task::JoinHandle;
+
+use super::location_store::{Snapshot, Stored};
+use crate::backoff::Backoff;
+use crate::server_log::ServerLog;
+
+/// The log target of this actor's mailbox: `RUST_LOG=herd::peer_link=debug`.
+pub const LOG_TARGET: &str = "herd::peer_link";
+
+/// The first delay before redialling a neighbor that is down.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+
+/// The longest delay between two dials of a neighbor that stays down.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a dial may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes of records the neighbor's socket has not taken, past which the link drops them
+/// and its connection, and resends everything on the next connection.
+pub const MAX_LINK_QUEUE_BYTES: usize = 4 << 20;
+
+/// The snapshot is moved into the output this many bytes at a time, as the socket takes
+/// them, so that a large store is streamed rather than copied whole.
+const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The outgoing link to one neighbor.
+pub struct PeerLink {
+    /// This server's name, said in the hello.
+    me: Arc<str>,
+    /// The neighbor's name: records that came from it are not sent back.
+    neighbor: Arc<str>,
+    /// Where the neighbor accepts herd links.
+    addr: SocketAddr,
+    /// The store, asked for every record on each connection.
+    snapshot: Recipient<Snapshot>,
+    log: ServerLog,
+    backoff: Backoff,
+    /// The connection, while the link is up.
+    connection: Option<Connection>,
+    /// Counts connection attempts, so that news about an old connection is ignored.
+    generation: u64,
+    /// Whether the link was ever up (to log "re-established" rather than "opened").
+    was_up: bool,
+}
+
+/// One connection to the neighbor.
+struct Connection {
+    writer: Rc<OwnedWriteHalf>,
+    /// Bytes due to the neighbor that the socket has not taken yet.
+    out: BytesMut,
+    /// Snapshot records not yet moved into `out`.
+    backlog: std::vec::IntoIter<Arc<str>>,
+    /// Whether a future already waits for the socket to take more.
+    awaiting_writable: bool,
+    /// The task that watches the neighbor's side for end-of-file.
+    reader: JoinHandle<()>,
+}
+
+impl PeerLink {
+    /// A link from server `me` to `neighbor` at `addr`; it dials once started.
+    pub fn new(
+        me: Arc<str>,
+        neighbor: Arc<str>,
+        addr: SocketAddr,
+        snapshot: Recipient<Snapshot>,
+        log: ServerLog,
+    ) -> PeerLink {
+        PeerLink {
+            me,
+            neighbor,
+            addr,
+            snapshot,
+            log,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            connection: None,
+            generation: 0,
+            was_up: false,
+        }
+    }
+
+    fn dial(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
+        ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
+            if act.generation != generation {
+                return;
+            }
+            match result {
+                Ok(Ok(stream)) => act.up(stream, ctx),
+                Ok(Err(e)) => act.retry(&e.to_string(), ctx),
+                Err(_) => act.retry("dial timed out", ctx),
+            }
+        }));
+    }
+
+    fn retry(&mut self, why: &str, ctx: &mut Context<Self>) {
+        let delay = self.backoff.next_delay();
+        debug!(
+            target: LOG_TARGET,
+            "link to {} at {}: {why}; dialling again in {delay:?}", self.neighbor, self.addr
+        );
+        ctx.run_later(delay, |act, ctx| act.dial(ctx));
+    }
+
+    fn up(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        let generation = self.generation;
+        let reader = actix_rt::spawn(watch_neighbor(
+            read_half,
+            ctx.address(),
+            generation,
+            self.log.clone(),
+            Arc::clone(&self.neighbor),
+        ));
+        let mut out = BytesMut::new();
+        out.extend_from_slice(format!("PEER {}\n", self.me).as_bytes());
+        self.connection = Some(Connection {
+            writer: Rc::new(write_half),
+            out,
+            backlog: Vec::new().into_iter(),
+            awaiting_writable: false,
+            reader,
+        });
+        let state = if self.was_up {
+            "re-established"
+        } else {
+            "opened"
+        };
+        self.was_up = true;
+        self.backoff.reset();
+        self.log.note(
+            None,
+            format!("link to {} at {} {state}", self.neighbor, self.addr),
+        );
+        debug!(target: LOG_TARGET, "link to {} {state}", self.neighbor);
+        // Everything held goes first (records stored meanwhile are sent as they come;
+        // a record sent twice is dropped by the neighbor as not newer).
+        let snapshot = self.snapshot.send(Snapshot);
+        ctx.spawn(snapshot.into_actor(self).map(move |lines, act, ctx| {
+            if act.generation != generation {
+                return;
+            }
+            if let (Ok(lines), Some(c)) = (lines, act.connection.as_mut()) {
+                debug!(target: LOG_TARGET, "link to {}: snapshot of {} records", act.neighbor, lines.len());
+                c.backlog = lines.into_iter();
+                act.flush(ctx);
+            }
+        }));
+        self.flush(ctx);
+    }
+
+    /// Hands the socket what it takes now, refilling from the snapshot as it goes.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = self.connection.as_mut() else {
+            return;
+        };
+        while !c.awaiting_writable {
+            while c.out.len() < SNAPSHOT_CHUNK_BYTES {
+                let Some(line) = c.backlog.next() else { break };
+                c.out.extend_from_slice(line.as_bytes());
+                c.out.extend_from_slice(b"\n");
+            }
+            if c.out.is_empty() {
+                return;
+            }
+            match c.writer.try_write(&c.out) {
+                Ok(n) => c.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.awaiting_writable = true;
+                    let writer = Rc::clone(&c.writer);
+                    let generation = self.generation;
+                    let writable = async move { writer.writable().await };
+                    ctx.spawn(writable.into_actor(self).map(move |result, act, ctx| {
+                        if act.generation != generation {
+                            return;
+                        }
+                        if let Some(c) = act.connection.as_mut() {
+                            c.awaiting_writable = false;
+                        }
+                        match result {
+                            Ok(()) => act.flush(ctx),
+                            Err(e) => act.down(&format!("write failed: {e}"), ctx),
+                        }
+                    }));
+                    return;
+                }
+                Err(e) => return self.down(&format!("write failed: {e}"), ctx),
+            }
+        }
+    }
+
+    /// The connection is gone (or given up): forget it and dial again after a delay.
+    fn down(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if let Some(c) = self.connection.take() {
+            c.reader.abort();
+            self.log.note(
+                None,
+                format!("link to {} at {} dropped: {why}", self.neighbor, self.addr),
+            );
+            debug!(target: LOG_TARGET, "link to {} dropped: {why}", self.neighbor);
+        }
+        // News about the old connection must not touch the next one.
+        self.generation += 1;
+        self.retry(why, ctx);
+    }
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.dial(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(c) = self.connection.take() {
+            c.reader.abort();
+        }
+    }
+}
+
+impl Handler<Stored> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, Stored { record, from }: Stored, ctx: &mut Context<Self>) {
+        if from.as_deref() == Some(&*self.neighbor) {
+            return;
+        }
+        let Some(c) = self.connection.as_mut() else {
+            // Down: the snapshot sent on the next connection carries this record.
+            return;
+        };
+        debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
+        c.out.extend_from_slice(record.line().as_bytes());
+        c.out.extend_from_slice(b"\n");
+        if c.out.len() > MAX_LINK_QUEUE_BYTES {
+            let why = format!(
+                "{} bytes queued, over the {MAX_LINK_QUEUE_BYTES}-byte limit; \
+                 the queue is dropped and everything is resent on the next connection",
+                c.out.len()
+            );
+            return self.down(&why, ctx);
+        }
+        self.flush(ctx);
+    }
+}
+
+/// The neighbor closed the link, or reading from it failed.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+struct NeighborClosed {
+    generation: u64,
+    why: String,
+}
+
+impl Handler<NeighborClosed> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: NeighborClosed, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.down(&msg.why, ctx);
+        }
+    }
+}
+
+/// Closes the link for good (the server is stopping).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "link to {}: Close", self.neighbor);
+        ctx.stop();
+    }
+}
+
+/// Reads the neighbor's side of the link, which carries nothing in normal operation, to
+/// notice at once when it closes. A neighbor that refuses the hello answers `? ...`; the
+/// first such answer is logged, as it means the two servers' configs disagree.
+async fn watch_neighbor(
+    mut half: OwnedReadHalf,
+    link: Addr<PeerLink>,
+    generation: u64,
+    log: ServerLog,
+    neighbor: Arc<str>,
+) {
+    let mut buffer = [0u8; 512];
+    let mut complained = false;
+    let why = loop {
+        match half.read(&mut buffer).await {
+            Ok(0) => break "the neighbor closed the link".to_owned(),
+            Ok(n) => {
+                if !complained {
+                    complained = true;
+                    let said = String::from_utf8_lossy(&buffer[..n]);
+                    let said = said.lines().next().unwrap_or_default();
+                    log.note(
+                        None,
+                        format!("link to {neighbor}: the neighbor answered {said:?}"),
+                    );
+                }
+            }
+            Err(e) => break format!("read failed: {e}"),
+        }
+    };
+    link.do_send(NeighborClosed { generation, why });
+}
