@@ -139,6 +139,7 @@ impl Handler<Subscribe> for LocationStore {
 mod tests {
     use super::*;
     use crate::protocol::Command;
+    use std::time::Duration;
 
     fn client(record: Record) -> Store {
         Store { record, from: None }
@@ -234,6 +235,64 @@ mod tests {
             [
                 "client: AT A +0.000000000 kiwi +1+1 100",
                 "Bona: AT A +0.000000000 pear +1+1 1"
+            ]
+        );
+    }
+
+    /// A subscriber that takes a record only once its gate opens.
+    struct Gated(tokio::sync::watch::Receiver<bool>);
+    impl Actor for Gated {
+        type Context = Context<Self>;
+    }
+    impl Handler<Stored> for Gated {
+        type Result = ResponseFuture<()>;
+        fn handle(&mut self, _: Stored, _: &mut Context<Self>) -> Self::Result {
+            let mut gate = self.0.clone();
+            Box::pin(async move {
+                let _ = gate.wait_for(|open| *open).await;
+            })
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_store_is_answered_only_once_every_subscriber_took_the_record() {
+        let store = LocationStore::default().start();
+        let (gate, gated) = tokio::sync::watch::channel(false);
+        let subscriber = Gated(gated).start();
+        store.send(Subscribe(subscriber.recipient())).await.unwrap();
+        let mut answer = Box::pin(store.send(client(record("AT A +0.000000000 kiwi +1+1 1"))));
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut answer).await;
+        assert!(
+            early.is_err(),
+            "answered before the subscriber took the record"
+        );
+        gate.send(true).unwrap();
+        assert_eq!(answer.await.unwrap(), StoreOutcome::Stored);
+    }
+
+    #[actix_rt::test]
+    async fn a_snapshot_holds_every_latest_record() {
+        let store = LocationStore::default().start();
+        for line in [
+            "AT A +0.000000000 kiwi +1+1 100",
+            "AT A +0.000000000 kiwi +1+1 200",
+            "AT A +0.000000000 pear +1+1 1",
+        ] {
+            store.send(client(record(line))).await.unwrap();
+        }
+        let mut lines: Vec<String> = store
+            .send(Snapshot)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "AT A +0.000000000 kiwi +1+1 200",
+                "AT A +0.000000000 pear +1+1 1"
             ]
         );
     }

@@ -335,3 +335,164 @@ async fn watch_neighbor(
     };
     link.do_send(NeighborClosed { generation, why });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Command, Record};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// A store whose snapshot is whatever the test put in it.
+    struct FakeStore(Arc<Mutex<Vec<String>>>);
+    impl Actor for FakeStore {
+        type Context = Context<Self>;
+    }
+    impl Handler<Snapshot> for FakeStore {
+        type Result = MessageResult<Snapshot>;
+        fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+            let lines = self.0.lock().unwrap();
+            MessageResult(lines.iter().map(|l| Arc::from(l.as_str())).collect())
+        }
+    }
+
+    fn record(client: &str, time: u32) -> Record {
+        let line = format!("AT Clark +0.000000000 {client} +1+1 {time}");
+        match Command::parse(line.as_bytes()) {
+            Command::At(r) => r,
+            _ => panic!("{line}"),
+        }
+    }
+
+    fn stored(client: &str, time: u32, from: Option<&str>) -> Stored {
+        Stored {
+            record: record(client, time),
+            from: from.map(Arc::from),
+        }
+    }
+
+    async fn link_to(
+        addr: SocketAddr,
+        snapshot: &[&str],
+    ) -> (Addr<PeerLink>, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(snapshot.iter().map(|s| s.to_string()).collect()));
+        let store = FakeStore(Arc::clone(&lines)).start();
+        let link = PeerLink::new(
+            Arc::from("Clark"),
+            Arc::from("Bona"),
+            addr,
+            store.recipient(),
+            ServerLog::discard(),
+        )
+        .start();
+        (link, lines)
+    }
+
+    /// Accepts the link's next connection, within ten seconds.
+    async fn accept(listener: &TcpListener) -> BufReader<TcpStream> {
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept());
+        BufReader::new(accepted.await.expect("the link did not dial").unwrap().0)
+    }
+
+    async fn read_line(reader: &mut BufReader<TcpStream>) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+            .await
+            .expect("nothing came on the link")
+            .unwrap();
+        line
+    }
+
+    #[actix_rt::test]
+    async fn says_hello_sends_the_snapshot_then_live_records_but_not_the_neighbors_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let snapshot = "AT Clark +0.000000000 old +1+1 1";
+        let (link, _) = link_to(listener.local_addr().unwrap(), &[snapshot]).await;
+        let mut bona = accept(&listener).await;
+        assert_eq!(read_line(&mut bona).await, "PEER Clark\n");
+        assert_eq!(read_line(&mut bona).await, format!("{snapshot}\n"));
+        link.send(stored("back", 2, Some("Bona"))).await.unwrap();
+        link.send(stored("new", 3, Some("Jaquez"))).await.unwrap();
+        link.send(stored("mine", 4, None)).await.unwrap();
+        assert_eq!(
+            read_line(&mut bona).await,
+            "AT Clark +0.000000000 new +1+1 3\n"
+        );
+        assert_eq!(
+            read_line(&mut bona).await,
+            "AT Clark +0.000000000 mine +1+1 4\n"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn redials_when_the_neighbor_closes_and_resends_everything() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (link, snapshot) = link_to(listener.local_addr().unwrap(), &[]).await;
+        let mut first = accept(&listener).await;
+        assert_eq!(read_line(&mut first).await, "PEER Clark\n");
+        drop(first);
+        // What the store holds by the next connection is what the neighbor gets.
+        snapshot
+            .lock()
+            .unwrap()
+            .push("AT Clark +0.000000000 missed +1+1 5".into());
+        let mut second = accept(&listener).await;
+        assert_eq!(read_line(&mut second).await, "PEER Clark\n");
+        assert_eq!(
+            read_line(&mut second).await,
+            "AT Clark +0.000000000 missed +1+1 5\n"
+        );
+        link.send(stored("live", 6, None)).await.unwrap();
+        assert_eq!(
+            read_line(&mut second).await,
+            "AT Clark +0.000000000 live +1+1 6\n"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn keeps_dialling_a_neighbor_that_is_down_until_it_returns() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_link, _) = link_to(addr, &[]).await;
+        // Several dials fail while nothing listens (50 ms, 100 ms, 200 ms, ... apart).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let mut bona = accept(&listener).await;
+        assert_eq!(read_line(&mut bona).await, "PEER Clark\n");
+    }
+
+    #[actix_rt::test]
+    async fn a_neighbor_that_stops_reading_makes_the_link_drop_its_queue_and_start_over() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (link, _) = link_to(listener.local_addr().unwrap(), &[]).await;
+        let mut stalled = accept(&listener).await;
+        assert_eq!(read_line(&mut stalled).await, "PEER Clark\n");
+        // Far more than the socket buffers and the queue limit together, never read.
+        let client = "x".repeat(250);
+        let count = 3 * MAX_LINK_QUEUE_BYTES / 250;
+        for time in 0..count {
+            link.do_send(stored(&client, time as u32, None));
+        }
+        // The link gave up on the stalled connection and dialled again, hello first.
+        let mut fresh = accept(&listener).await;
+        assert_eq!(read_line(&mut fresh).await, "PEER Clark\n");
+        // The stalled connection was closed: reading it drains what was sent, then ends.
+        let mut rest = Vec::new();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+        );
+        assert!(
+            drained.await.is_ok(),
+            "the stalled connection was not closed"
+        );
+        assert!(
+            rest.len() < count * 250,
+            "everything was queued instead of dropped"
+        );
+    }
+}
