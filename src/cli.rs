@@ -1,5 +1,6 @@
 //! The `herd` command line: `run`, `up` and `check`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -73,7 +74,8 @@ fn load(path: &Path) -> anyhow::Result<HerdConfig> {
 fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     let key = ApiKey::from_env();
     if key.is_none() {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "warning: {API_KEY_VAR} is not set: WHATSAT will answer with REQUEST_DENIED \
              from the places API's error shape"
         );
@@ -82,20 +84,30 @@ fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
         let mut nodes = Vec::with_capacity(names.len());
         for name in &names {
             let node = Node::start(&herd, name, key.clone()).await?;
-            println!(
+            say(format_args!(
                 "{name} listening on {} (log: {})",
                 node.client_addr(),
                 herd.log.dir.join(format!("{name}.log")).display()
-            );
+            ));
             nodes.push(node);
         }
         shutdown_signal().await?;
-        println!("stopping: delivering answers owed, then exiting");
+        say(format_args!(
+            "stopping: delivering answers owed, then exiting"
+        ));
         for node in nodes {
             node.stop().await;
         }
         Ok(())
     })
+}
+
+/// Prints a line for the operator. A closed standard output (`herd up | head`) must not
+/// stop a running server, so failures to print are ignored, unlike `println!`'s panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Waits for Ctrl-C or SIGTERM.

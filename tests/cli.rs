@@ -1,0 +1,250 @@
+//! End-to-end tests of the `herd` binary itself: `check`, `run`, refusals of bad configs,
+//! a clean stop on SIGTERM with answers in flight delivered, and the places key kept out of
+//! every log.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use herd::places_server::{PlacesServer, Reply};
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+const KEY: &str = "secret-test-key-4f9a";
+
+fn herd(args: &[&str], dir: &Path) -> Output {
+    Command::new(HERD)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn one_node_config(dir: &Path, places_url: &str) -> String {
+    let config = format!(
+        "[places]\nurl = \"{places_url}\"\ntimeout_ms = 3000\n\n[log]\ndir = \"{}\"\n\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n",
+        dir.join("logs").display()
+    );
+    let path = dir.join("herd.toml");
+    std::fs::write(&path, config).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_prints_the_checked_in_herd() {
+    let out = herd(&["check"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for server in ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"] {
+        assert!(text.contains(server), "{server} missing from:\n{text}");
+    }
+    assert!(text.contains("Clark - Jaquez"), "{text}");
+    assert!(text.contains("127.0.0.1:10003"), "{text}");
+}
+
+#[test]
+fn a_bad_config_is_refused_with_a_message_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "links = [[\"Clark\", \"Nobody\"]]\n",
+            "unknown server \"Nobody\"",
+        ),
+        ("links = [[\"Clark\", \"Clark\"]]\n", "to itself"),
+    ];
+    for (links, message) in cases {
+        let config = format!(
+            "{links}[places]\nurl = \"http://127.0.0.1:9/x\"\n[[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:1\"\n"
+        );
+        std::fs::write(dir.path().join("bad.toml"), config).unwrap();
+        for command in [
+            &["check", "-c", "bad.toml"][..],
+            &["run", "Clark", "-c", "bad.toml"],
+        ] {
+            let out = herd(command, dir.path());
+            assert!(!out.status.success());
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            assert!(stderr.contains(message), "{command:?}: {stderr}");
+        }
+    }
+    let missing = herd(&["check", "-c", "nowhere.toml"], dir.path());
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8(missing.stderr)
+            .unwrap()
+            .contains("nowhere.toml")
+    );
+}
+
+#[test]
+fn run_of_an_unknown_name_lists_the_servers() {
+    let out = herd(&["run", "clark"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("\"clark\"") && stderr.contains("Clark"),
+        "{stderr}"
+    );
+}
+
+/// A `herd run` child process, killed if the test fails before it stops.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &str, dir: &Path, key: Option<&str>) -> (Running, String) {
+    let mut command = Command::new(HERD);
+    command
+        .args(["run", "Clark", "-c", config])
+        .current_dir(dir)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match key {
+        Some(key) => command.env("GOOGLE_PLACES_API_KEY", key),
+        None => command.env_remove("GOOGLE_PLACES_API_KEY"),
+    };
+    let mut child = Running(command.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+fn terminate(child: &mut Running) -> (bool, String) {
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "herd did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.success(), stderr)
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+#[test]
+fn sigterm_delivers_answers_in_flight_then_stops_cleanly_and_the_key_is_never_logged() {
+    let places = PlacesServer::start(|_| {
+        Reply::After(
+            Duration::from_millis(500),
+            Box::new(Reply::Json(
+                200,
+                "{\"results\": [], \"status\": \"ZERO_RESULTS\"}".into(),
+            )),
+        )
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), &places.url("/nearby"));
+    let (mut child, addr) = start(&config, dir.path(), Some(KEY));
+
+    let mut client = connect(&addr);
+    client
+        .write_all(b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503\nWHATSAT kiwi 10 5\n")
+        .unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    // The WHATSAT is in flight (the places server holds it for 500 ms) when SIGTERM comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while places.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the WHATSAT never reached the places server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (clean, stderr) = terminate(&mut child);
+    let mut answers = String::new();
+    client.read_to_string(&mut answers).unwrap();
+    assert!(clean, "exit status not success: {stderr}");
+    let lines: Vec<&str> = answers.lines().collect();
+    assert!(lines[0].starts_with("AT Clark +"), "{answers}");
+    assert_eq!(lines[1], lines[0], "{answers}");
+    assert!(
+        answers.ends_with("\"status\": \"ZERO_RESULTS\"}\n\n"),
+        "{answers}"
+    );
+
+    // The key went to the places API, and nowhere else.
+    assert_eq!(places.requests()[0].query("key"), Some(KEY));
+    let log = std::fs::read_to_string(dir.path().join("logs/Clark.log")).unwrap();
+    assert!(log.contains("< WHATSAT kiwi 10 5"), "{log}");
+    assert!(
+        log.contains("> {\"results\": [], \"status\": \"ZERO_RESULTS\"}"),
+        "{log}"
+    );
+    assert!(
+        log.trim_end().ends_with("stopped"),
+        "log not flushed to its end:\n{log}"
+    );
+    assert!(
+        stderr.contains("herd::places_proxy"),
+        "trace logging was on: {stderr}"
+    );
+    assert!(!stderr.contains(KEY), "the key reached standard error");
+    assert!(!log.contains(KEY), "the key reached the log file");
+}
+
+#[test]
+fn without_a_key_the_server_runs_says_so_once_and_whatsat_is_request_denied() {
+    let places = PlacesServer::always("{}").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), &places.url("/nearby"));
+    let (mut child, addr) = start(&config, dir.path(), None);
+    let mut client = connect(&addr);
+    client
+        .write_all(b"IAMAT kiwi +1+1 1\nWHATSAT kiwi 1 1\n")
+        .unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut answers = String::new();
+    client.read_to_string(&mut answers).unwrap();
+    let (clean, stderr) = terminate(&mut child);
+    assert!(clean);
+    assert!(
+        answers.contains("\"status\" : \"REQUEST_DENIED\""),
+        "{answers}"
+    );
+    assert!(places.requests().is_empty());
+    assert_eq!(
+        stderr.matches("GOOGLE_PLACES_API_KEY is not set").count(),
+        1,
+        "{stderr}"
+    );
+}
