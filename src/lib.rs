@@ -9,6 +9,7 @@
 //! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
 //! - [`line`]: cutting a byte stream into lines, with a length limit.
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
+//! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
 //! - [`places_server`]: a local HTTP server that plays the places API (tests, benchmarks).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod line;
 pub mod node;
 pub mod places_json;
+pub mod places_new;
 pub mod places_server;
 pub mod protocol;
 pub mod server_log;
