@@ -1,19 +1,33 @@
 //! The `PlacesProxy` actor: Nearby Search calls to the places API, over awc.
 //!
 //! It always answers, and always with JSON in the legacy Nearby Search shape: the API's own
-//! answer with `results` cut to the bound, or, when the call fails (no key, timeout, HTTP
-//! error, a body that is not JSON), an object in the API's error shape saying what went
-//! wrong. The key never reaches a log: it is held in an [`ApiKey`] that does not print, and
+//! answer (the legacy one as it came, the New one mapped) with `results` cut to the bound,
+//! or, when the call fails (no key, timeout, HTTP error, a body that is not JSON), an object
+//! in the API's error shape saying what went wrong.
+//!
+//! Each call costs the user money, so it asks once for the most places any WHATSAT can want
+//! and keeps the answer for a while ([`AnswerCache`]), identical searches at once share one
+//! call, and at most `max_concurrent` calls are under way, the others waiting their turn
+//! within the timeout. Errors are never kept. The key never reaches a log: it is held in an [`ApiKey`] that does not print, and
 //! error texts are scrubbed of it before they go anywhere.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
-use std::time::Duration;
+use std::num::NonZeroUsize;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use log::{debug, warn};
+use tokio::sync::{Semaphore, oneshot};
 
-use crate::places_json::{self, REQUEST_DENIED, UNKNOWN_ERROR};
-use crate::protocol::{Degrees, Radius};
+use crate::answer_cache::{AnswerCache, SearchKey};
+use crate::config::{PlacesApi, PlacesConfig};
+use crate::places_json::{self, BadAnswer, REQUEST_DENIED, UNKNOWN_ERROR};
+use crate::places_new;
+use crate::protocol::{Degrees, MAX_BOUND, Radius};
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::places_proxy=debug`.
 pub const LOG_TARGET: &str = "herd::places_proxy";
@@ -55,34 +69,148 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Calls the places API for WHATSAT.
+/// Calls the places API for WHATSAT, reusing answers and sharing calls in flight.
 pub struct PlacesProxy {
     /// The HTTP client; it keeps connections alive and reuses them.
     client: awc::Client,
-    /// The Nearby Search endpoint.
-    url: String,
-    /// The longest a call may take, headers and body together.
-    timeout: Duration,
+    /// Which API, where, and the limits on calling it.
+    settings: PlacesConfig,
     /// The key, if the server has one; without it every search answers `REQUEST_DENIED`.
     key: Option<ApiKey>,
+    /// Answers worth reusing, by position, radius and API.
+    cache: AnswerCache,
+    /// Searches under way, each with the requests waiting for its answer, so identical
+    /// searches at once make one call.
+    in_flight: HashMap<SearchKey, Vec<oneshot::Sender<Fetched>>>,
+    /// One permit per call allowed under way at once ([`PlacesConfig::max_concurrent`]).
+    call_slots: Rc<Semaphore>,
 }
 
+/// The whole answer of one call, in the legacy shape, before it is cut to a bound.
+#[derive(Clone)]
+struct Fetched(Arc<str>);
+
 impl PlacesProxy {
-    /// A proxy for the legacy Nearby Search at `url`.
-    pub fn new(url: String, timeout: Duration, key: Option<ApiKey>) -> PlacesProxy {
-        // The call's own timeout covers headers and body together; awc's would cover only
-        // the headers, so it is turned off.
+    /// A proxy for the API `settings` describe.
+    pub fn new(settings: PlacesConfig, key: Option<ApiKey>) -> PlacesProxy {
+        // The call's own timeout covers the wait for a slot, the headers and the body
+        // together; awc's would cover only the headers, so it is turned off.
         let client = awc::Client::builder()
             .disable_timeout()
             .disable_redirects()
             .finish();
+        let capacity = NonZeroUsize::new(settings.cache_entries).unwrap_or(NonZeroUsize::MIN);
         PlacesProxy {
             client,
-            url,
-            timeout,
+            cache: AnswerCache::new(settings.cache_ttl, capacity),
+            call_slots: Rc::new(Semaphore::new(settings.max_concurrent)),
+            in_flight: HashMap::new(),
+            settings,
             key,
         }
     }
+
+    /// Starts the call for `search` and hands its answer to everyone waiting for it.
+    fn call(
+        &mut self,
+        search: NearbySearch,
+        search_key: SearchKey,
+        key: ApiKey,
+        ctx: &mut Context<Self>,
+    ) {
+        let client = self.client.clone();
+        let (api, url, timeout) = (
+            self.settings.api,
+            self.settings.url.clone(),
+            self.settings.timeout,
+        );
+        let call_slots = Rc::clone(&self.call_slots);
+        let scrub_key = key.clone();
+        let call = async move {
+            let work = async {
+                let _slot = call_slots.acquire().await.map_err(|e| e.to_string())?;
+                fetch(&client, api, &url, &search, &key).await
+            };
+            tokio::time::timeout(timeout, work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "the places API did not answer within {} ms",
+                        timeout.as_millis()
+                    ))
+                })
+        };
+        ctx.spawn(call.into_actor(self).map(move |result, act, _| {
+            let json = match result {
+                Ok(json) => {
+                    if places_json::is_reusable(&json) {
+                        act.cache
+                            .put(search_key.clone(), Arc::clone(&json), Instant::now());
+                    }
+                    json
+                }
+                Err(error) => {
+                    let error = scrub_key.scrub(&error);
+                    warn!(target: LOG_TARGET, "NearbySearch failed: {error}");
+                    Arc::from(places_json::error_answer(UNKNOWN_ERROR, &error))
+                }
+            };
+            for waiter in act.in_flight.remove(&search_key).unwrap_or_default() {
+                let _ = waiter.send(Fetched(Arc::clone(&json)));
+            }
+        }));
+    }
+}
+
+/// Makes one call to the places API and returns its whole answer in the legacy shape, or
+/// what went wrong.
+async fn fetch(
+    client: &awc::Client,
+    api: PlacesApi,
+    url: &str,
+    search: &NearbySearch,
+    key: &ApiKey,
+) -> Result<Arc<str>, String> {
+    let Degrees {
+        latitude,
+        longitude,
+    } = search.position;
+    let sent = match api {
+        PlacesApi::Legacy => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let url = format!(
+                "{url}{separator}location={latitude},{longitude}&radius={}&key={}",
+                search.radius.metres(),
+                percent_encode(&key.0)
+            );
+            client.get(url).send()
+        }
+        PlacesApi::New => client
+            .post(url)
+            .insert_header(("X-Goog-Api-Key", key.0.as_str()))
+            .insert_header(("X-Goog-FieldMask", places_new::FIELD_MASK))
+            .content_type("application/json")
+            .send_body(places_new::request_body(&search.position, &search.radius)),
+    };
+    let mut response = sent.await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .body()
+        .limit(MAX_BODY_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = String::from_utf8(body.to_vec()).map_err(|_| BadAnswer::NotJson.to_string())?;
+    let json = match api {
+        PlacesApi::Legacy if !status.is_success() => {
+            return Err(format!("the places API answered HTTP {status}"));
+        }
+        // The whole page is kept (and checked to be a JSON object); each WHATSAT cuts it.
+        PlacesApi::Legacy => {
+            places_json::cut_results(&body, usize::from(MAX_BOUND)).map(|json| json.into_owned())
+        }
+        PlacesApi::New => places_new::to_legacy(status.as_u16(), &body),
+    };
+    json.map(Arc::from).map_err(|e| e.to_string())
 }
 
 impl Actor for PlacesProxy {
@@ -108,67 +236,60 @@ pub struct PlacesAnswer(pub String);
 impl Handler<NearbySearch> for PlacesProxy {
     type Result = ResponseFuture<PlacesAnswer>;
 
-    fn handle(&mut self, search: NearbySearch, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, search: NearbySearch, ctx: &mut Context<Self>) -> Self::Result {
         let Degrees {
             latitude,
             longitude,
         } = search.position;
-        debug!(
-            target: LOG_TARGET,
-            "NearbySearch location {latitude},{longitude} radius {} m bound {}",
-            search.radius.metres(),
-            search.bound
-        );
+        let bound = usize::from(search.bound);
         let Some(key) = self.key.clone() else {
+            debug!(target: LOG_TARGET, "NearbySearch {latitude},{longitude}: no key");
             let message = format!("no API key: set {API_KEY_VAR} where the server starts");
             return Box::pin(async move {
                 PlacesAnswer(places_json::error_answer(REQUEST_DENIED, &message))
             });
         };
-        let separator = if self.url.contains('?') { '&' } else { '?' };
-        let url = format!(
-            "{}{separator}location={latitude},{longitude}&radius={}&key={}",
-            self.url,
-            search.radius.metres(),
-            percent_encode(&key.0)
+        let search_key = SearchKey::new(search.position, &search.radius, self.settings.api);
+        let cached = self.cache.get(&search_key, Instant::now());
+        let how = match (&cached, self.in_flight.contains_key(&search_key)) {
+            (Some(_), _) => "cached",
+            (None, true) => "joins the call under way",
+            (None, false) => "calls the API",
+        };
+        debug!(
+            target: LOG_TARGET,
+            "NearbySearch location {latitude},{longitude} radius {} m bound {bound}: {how}",
+            search.radius.metres()
         );
-        let request = self.client.get(url);
-        let timeout = self.timeout;
-        let bound = usize::from(search.bound);
+        if let Some(json) = cached {
+            return Box::pin(async move { PlacesAnswer(cut(&json, bound)) });
+        }
+        let (waiter, answer) = oneshot::channel();
+        match self.in_flight.entry(search_key.clone()) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push(waiter),
+            Entry::Vacant(none) => {
+                none.insert(vec![waiter]);
+                self.call(search, search_key, key, ctx);
+            }
+        }
         Box::pin(async move {
-            let call = async {
-                let mut response = request.send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                if !status.is_success() {
-                    return Err(format!("the places API answered HTTP {status}"));
-                }
-                let body = response
-                    .body()
-                    .limit(MAX_BODY_BYTES)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                String::from_utf8(body.to_vec())
-                    .map_err(|_| places_json::BadAnswer::NotJson.to_string())
-            };
-            let body = match tokio::time::timeout(timeout, call).await {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "the places API did not answer within {} ms",
-                    timeout.as_millis()
+            match answer.await {
+                Ok(Fetched(json)) => PlacesAnswer(cut(&json, bound)),
+                Err(_) => PlacesAnswer(places_json::error_answer(
+                    UNKNOWN_ERROR,
+                    "the places proxy stopped before the call ended",
                 )),
-            };
-            let answer = body.and_then(|body| {
-                places_json::cut_results(&body, bound)
-                    .map(|json| json.into_owned())
-                    .map_err(|e| e.to_string())
-            });
-            PlacesAnswer(answer.unwrap_or_else(|error| {
-                let error = key.scrub(&error);
-                warn!(target: LOG_TARGET, "NearbySearch failed: {error}");
-                places_json::error_answer(UNKNOWN_ERROR, &error)
-            }))
+            }
         })
     }
+}
+
+/// Cuts a whole answer to a WHATSAT's bound. The answer was checked when it came, so the
+/// cut cannot fail; if it did, the whole answer is better than none.
+fn cut(json: &str, bound: usize) -> String {
+    places_json::cut_results(json, bound)
+        .map(|cut| cut.into_owned())
+        .unwrap_or_else(|_| json.to_owned())
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, for a query value.
@@ -188,6 +309,7 @@ fn percent_encode(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::places_server::{PlacesServer, Reply};
+    use std::time::Duration;
 
     const LEGACY_OK: &str = include_str!("../tests/fixtures/places/legacy_ok.json");
 
@@ -202,13 +324,49 @@ mod tests {
         }
     }
 
+    fn settings(url: String, timeout_ms: u64) -> PlacesConfig {
+        PlacesConfig {
+            api: PlacesApi::Legacy,
+            url,
+            timeout: Duration::from_millis(timeout_ms),
+            cache_ttl: Duration::ZERO,
+            cache_entries: 100,
+            max_concurrent: 4,
+        }
+    }
+
     fn proxy(server: &PlacesServer, timeout_ms: u64, key: Option<&str>) -> Addr<PlacesProxy> {
-        PlacesProxy::new(
-            server.url("/maps/api/place/nearbysearch/json"),
-            Duration::from_millis(timeout_ms),
-            key.map(ApiKey::new),
-        )
-        .start()
+        let url = server.url("/maps/api/place/nearbysearch/json");
+        PlacesProxy::new(settings(url, timeout_ms), key.map(ApiKey::new)).start()
+    }
+
+    /// A proxy with a cache and a cap on calls.
+    fn caching_proxy(
+        server: &PlacesServer,
+        ttl: Duration,
+        max_concurrent: usize,
+    ) -> Addr<PlacesProxy> {
+        let url = server.url("/nearby");
+        let settings = PlacesConfig {
+            cache_ttl: ttl,
+            max_concurrent,
+            ..settings(url, 2000)
+        };
+        PlacesProxy::new(settings, Some(ApiKey::new("k"))).start()
+    }
+
+    fn search_at(latitude: f64, bound: u8) -> NearbySearch {
+        NearbySearch {
+            position: Degrees {
+                latitude,
+                longitude: 1.0,
+            },
+            ..search(bound)
+        }
+    }
+
+    fn result_count(answer: &PlacesAnswer) -> usize {
+        json(answer)["results"].as_array().map_or(0, Vec::len)
     }
 
     fn json(answer: &PlacesAnswer) -> serde_json::Value {
@@ -296,9 +454,192 @@ mod tests {
         let server = PlacesServer::always("{}").unwrap();
         let url = server.url("/x");
         drop(server);
-        let places = PlacesProxy::new(url, Duration::from_secs(2), Some(ApiKey::new("k"))).start();
+        let places = PlacesProxy::new(settings(url, 2000), Some(ApiKey::new("k"))).start();
         let v = json(&places.send(search(5)).await.unwrap());
         assert_eq!(v["status"], UNKNOWN_ERROR);
+    }
+
+    #[actix_rt::test]
+    async fn searches_for_the_same_spot_make_one_call_while_the_answer_lives() {
+        let server = PlacesServer::always(LEGACY_OK).unwrap();
+        let places = caching_proxy(&server, Duration::from_millis(300), 4);
+        for i in 0..100 {
+            let bound = 1 + (i % 20) as u8;
+            let answer = places.send(search_at(1.0, bound)).await.unwrap();
+            assert_eq!(
+                result_count(&answer),
+                usize::from(bound),
+                "bounds share the entry"
+            );
+        }
+        assert_eq!(server.requests().len(), 1);
+        places.send(search_at(2.0, 5)).await.unwrap();
+        assert_eq!(server.requests().len(), 2, "another spot is another call");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        places.send(search_at(1.0, 5)).await.unwrap();
+        assert_eq!(
+            server.requests().len(),
+            3,
+            "an expired answer is fetched again"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn identical_searches_at_once_make_one_call() {
+        let slow = Reply::After(
+            Duration::from_millis(200),
+            Box::new(Reply::Json(200, LEGACY_OK.into())),
+        );
+        let server = PlacesServer::start(move |_| slow.clone()).unwrap();
+        // With the cache off, only the sharing of the call in flight can save calls.
+        let places = caching_proxy(&server, Duration::ZERO, 4);
+        let answers =
+            futures_util::future::join_all((1..=10).map(|b| places.send(search_at(1.0, b)))).await;
+        for (b, answer) in (1..=10).zip(answers) {
+            assert_eq!(result_count(&answer.unwrap()), b);
+        }
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn no_more_calls_than_the_cap_are_under_way_at_once() {
+        let slow = Reply::After(
+            Duration::from_millis(200),
+            Box::new(Reply::Json(200, LEGACY_OK.into())),
+        );
+        let server = PlacesServer::start(move |_| slow.clone()).unwrap();
+        let places = caching_proxy(&server, Duration::ZERO, 2);
+        let answers =
+            futures_util::future::join_all((0..6).map(|i| places.send(search_at(f64::from(i), 3))))
+                .await;
+        for answer in answers {
+            assert_eq!(
+                result_count(&answer.unwrap()),
+                3,
+                "those waiting their turn are served"
+            );
+        }
+        assert_eq!(server.requests().len(), 6);
+        assert_eq!(server.most_at_once(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_search_waiting_for_a_slot_still_answers_within_the_timeout() {
+        let slow = Reply::After(
+            Duration::from_secs(5),
+            Box::new(Reply::Json(200, LEGACY_OK.into())),
+        );
+        let server = PlacesServer::start(move |_| slow.clone()).unwrap();
+        let settings = PlacesConfig {
+            max_concurrent: 1,
+            ..settings(server.url("/nearby"), 300)
+        };
+        let places = PlacesProxy::new(settings, Some(ApiKey::new("k"))).start();
+        let (first, second) = futures_util::future::join(
+            places.send(search_at(1.0, 1)),
+            places.send(search_at(2.0, 1)),
+        )
+        .await;
+        for answer in [first.unwrap(), second.unwrap()] {
+            assert_eq!(json(&answer)["status"], UNKNOWN_ERROR);
+        }
+        assert_eq!(
+            server.most_at_once(),
+            1,
+            "the second waited for the first's slot"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn errors_are_not_kept() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let server = PlacesServer::start(move |_| {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Reply::Json(503, "{}".into()),
+                1 => Reply::Json(
+                    200,
+                    include_str!("../tests/fixtures/places/legacy_request_denied.json").into(),
+                ),
+                _ => Reply::Json(200, LEGACY_OK.into()),
+            }
+        })
+        .unwrap();
+        let places = caching_proxy(&server, Duration::from_secs(60), 4);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let answer = places.send(search_at(7.0, 2)).await.unwrap();
+            seen.push(
+                json(&answer)["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        // The HTTP error and the API's own error are each fetched anew; the first real
+        // answer is kept and served again.
+        assert_eq!(seen, [UNKNOWN_ERROR, REQUEST_DENIED, "OK", "OK"]);
+        assert_eq!(server.requests().len(), 3);
+    }
+
+    fn new_api(server: &PlacesServer) -> Addr<PlacesProxy> {
+        let settings = PlacesConfig {
+            api: PlacesApi::New,
+            ..settings(server.url("/v1/places:searchNearby"), 2000)
+        };
+        PlacesProxy::new(settings, Some(ApiKey::new("new-key"))).start()
+    }
+
+    #[actix_rt::test]
+    async fn the_new_api_is_posted_with_key_and_field_mask_and_mapped_to_the_legacy_shape() {
+        let new_ok = include_str!("../tests/fixtures/places/new_ok.json");
+        let server = PlacesServer::always(new_ok).unwrap();
+        let answer = new_api(&server).send(search(3)).await.unwrap();
+        let requests = server.requests();
+        let r = &requests[0];
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str()),
+            ("POST", "/v1/places:searchNearby")
+        );
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("x-goog-api-key"), Some("new-key"));
+        assert_eq!(header("x-goog-fieldmask"), Some(places_new::FIELD_MASK));
+        assert_eq!(header("content-type"), Some("application/json"));
+        assert!(!r.target.contains("new-key"), "the key is not in the URL");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["maxResultCount"], 20);
+        let circle = &body["locationRestriction"]["circle"];
+        assert_eq!(circle["center"]["latitude"], 34.06893);
+        assert_eq!(circle["center"]["longitude"], -118.445127);
+        assert_eq!(circle["radius"], 1500);
+        let v = json(&answer);
+        let places: serde_json::Value = serde_json::from_str(new_ok).unwrap();
+        assert_eq!(v["status"], "OK");
+        assert_eq!(result_count(&answer), 3);
+        assert_eq!(
+            v["results"][0]["name"],
+            places["places"][0]["displayName"]["text"]
+        );
+        assert_eq!(v["results"][2]["place_id"], places["places"][2]["id"]);
+    }
+
+    #[actix_rt::test]
+    async fn the_new_apis_empty_and_error_answers_map_to_legacy_statuses() {
+        let new_error = include_str!("../tests/fixtures/places/new_error.json");
+        let cases = [
+            (Reply::Json(200, "{}".into()), "ZERO_RESULTS"),
+            (Reply::Json(400, new_error.into()), REQUEST_DENIED),
+        ];
+        for (reply, status) in cases {
+            let server = PlacesServer::start(move |_| reply.clone()).unwrap();
+            let v = json(&new_api(&server).send(search(3)).await.unwrap());
+            assert_eq!(v["status"], status);
+            assert_eq!(v["results"], serde_json::json!([]));
+        }
     }
 
     #[actix_rt::test]

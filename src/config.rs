@@ -15,6 +15,18 @@ use serde::Deserialize;
 /// The places API's default address (Google's legacy Nearby Search).
 pub const DEFAULT_PLACES_URL: &str = "https://maps.googleapis.com/maps/api/place/nearbysearch/json";
 
+/// The default address of Places API (New) Nearby Search, for `api = "new"`.
+pub const DEFAULT_NEW_PLACES_URL: &str = "https://places.googleapis.com/v1/places:searchNearby";
+
+/// How long a places answer is reused by default, in seconds.
+const DEFAULT_CACHE_TTL_S: u64 = 300;
+
+/// How many places answers the cache holds by default.
+const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+
+/// How many places calls may be under way at once by default.
+const DEFAULT_MAX_CONCURRENT: usize = 16;
+
 /// How long a places call may take by default, headers and body together.
 const DEFAULT_PLACES_TIMEOUT_MS: u64 = 5000;
 
@@ -77,7 +89,7 @@ pub enum ConfigError {
     #[error("link [{0:?}, {1:?}] is listed twice")]
     DuplicateLink(String, String),
     /// `places.api` is not one this build speaks.
-    #[error("places.api = {0:?} is not supported: use \"legacy\"")]
+    #[error("places.api = {0:?} is not supported: use \"legacy\" or \"new\"")]
     UnsupportedApi(String),
     /// `places.url` is not an http(s) URL.
     #[error("places.url = {0:?} is not an http:// or https:// URL")]
@@ -96,10 +108,13 @@ pub enum ConfigError {
 }
 
 /// Which places API the herd calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PlacesApi {
     /// Google's legacy Nearby Search (`GET ...?location=&radius=&key=`).
     Legacy,
+    /// Places API (New) `places:searchNearby` (`POST`, key and field mask in headers), the
+    /// only one a newly created Google project can enable.
+    New,
 }
 
 /// `[places]`: where WHATSAT gets its places from.
@@ -109,8 +124,16 @@ pub struct PlacesConfig {
     pub api: PlacesApi,
     /// The Nearby Search endpoint.
     pub url: String,
-    /// The longest a client waits for the places part of a WHATSAT answer.
+    /// The longest a client waits for the places part of a WHATSAT answer, including its
+    /// wait for a free call slot.
     pub timeout: Duration,
+    /// How long an answer is reused for the same position, radius and API; zero turns the
+    /// cache off.
+    pub cache_ttl: Duration,
+    /// The most answers the cache holds; the least recently used goes first.
+    pub cache_entries: usize,
+    /// The most calls to the places API under way at once; others wait their turn.
+    pub max_concurrent: usize,
 }
 
 /// `[log]`: where each server writes its log file.
@@ -180,6 +203,9 @@ struct RawPlaces {
     api: Option<String>,
     url: Option<String>,
     timeout_ms: Option<u64>,
+    cache_ttl_s: Option<u64>,
+    cache_entries: Option<usize>,
+    max_concurrent: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -237,19 +263,26 @@ impl HerdConfig {
 
     fn validate(raw: RawConfig) -> Result<HerdConfig, ConfigError> {
         let raw_places = raw.places.ok_or(ConfigError::MissingSection("places"))?;
-        let api = match raw_places.api.as_deref().unwrap_or("legacy") {
-            "legacy" => PlacesApi::Legacy,
+        let (api, default_url) = match raw_places.api.as_deref().unwrap_or("legacy") {
+            "legacy" => (PlacesApi::Legacy, DEFAULT_PLACES_URL),
+            "new" => (PlacesApi::New, DEFAULT_NEW_PLACES_URL),
             other => return Err(ConfigError::UnsupportedApi(other.to_owned())),
         };
-        let url = raw_places
-            .url
-            .unwrap_or_else(|| DEFAULT_PLACES_URL.to_owned());
+        let url = raw_places.url.unwrap_or_else(|| default_url.to_owned());
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::BadUrl(url));
         }
         let timeout_ms = raw_places.timeout_ms.unwrap_or(DEFAULT_PLACES_TIMEOUT_MS);
         if timeout_ms == 0 {
             return Err(ConfigError::Zero("places.timeout_ms"));
+        }
+        let cache_entries = raw_places.cache_entries.unwrap_or(DEFAULT_CACHE_ENTRIES);
+        if cache_entries == 0 {
+            return Err(ConfigError::Zero("places.cache_entries"));
+        }
+        let max_concurrent = raw_places.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+        if max_concurrent == 0 {
+            return Err(ConfigError::Zero("places.max_concurrent"));
         }
         let max_line_bytes = raw
             .limits
@@ -265,6 +298,11 @@ impl HerdConfig {
                 api,
                 url,
                 timeout: Duration::from_millis(timeout_ms),
+                cache_ttl: Duration::from_secs(
+                    raw_places.cache_ttl_s.unwrap_or(DEFAULT_CACHE_TTL_S),
+                ),
+                cache_entries,
+                max_concurrent,
             },
             log: LogConfig {
                 dir: raw
@@ -410,10 +448,13 @@ impl fmt::Display for HerdConfig {
         }
         writeln!(
             f,
-            "places: {:?} {} (timeout {} ms)",
+            "places: {:?} {} (timeout {} ms, cache {} s x {} answers, {} calls at once)",
             self.places.api,
             self.places.url,
-            self.places.timeout.as_millis()
+            self.places.timeout.as_millis(),
+            self.places.cache_ttl.as_secs(),
+            self.places.cache_entries,
+            self.places.max_concurrent
         )?;
         writeln!(f, "log dir: {}", self.log.dir.display())?;
         write!(f, "max line: {} bytes", self.limits.max_line_bytes)
@@ -490,6 +531,22 @@ listen = "0.0.0.0:10001"
     }
 
     #[test]
+    fn the_new_api_has_its_own_default_url_and_the_cache_its_settings() {
+        let text = GOOD
+            .replace(
+                "api = \"legacy\"",
+                "api = \"new\"\ncache_ttl_s = 0\nmax_concurrent = 3",
+            )
+            .replace("url = \"http://127.0.0.1:9/nearby\"\n", "");
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.places.api, PlacesApi::New);
+        assert_eq!(c.places.url, DEFAULT_NEW_PLACES_URL);
+        assert_eq!(c.places.cache_ttl, Duration::ZERO);
+        assert_eq!(c.places.max_concurrent, 3);
+        assert_eq!(c.places.cache_entries, DEFAULT_CACHE_ENTRIES);
+    }
+
+    #[test]
     fn environment_overrides_any_setting() {
         let c = load(
             GOOD,
@@ -556,7 +613,7 @@ listen = "0.0.0.0:10001"
 
     #[test]
     fn refusals_name_the_problem() {
-        let table: [(&str, &str, &str); 10] = [
+        let table: [(&str, &str, &str); 11] = [
             ("\"Bona\"]]", "\"Nobody\"]]", "unknown server \"Nobody\""),
             (
                 "[\"Clark\", \"Jaquez\"]",
@@ -598,6 +655,11 @@ listen = "0.0.0.0:10001"
                 "timeout_ms = 250",
                 "timeout_ms = 0",
                 "places.timeout_ms must be greater than 0",
+            ),
+            (
+                "timeout_ms = 250",
+                "max_concurrent = 0",
+                "places.max_concurrent must be greater than 0",
             ),
         ];
         for (from, to, expected) in table {

@@ -8,6 +8,7 @@
 //!
 //! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
 //! - [`line`]: cutting a byte stream into lines, with a length limit.
+//! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
 //! - [`places_server`]: a local HTTP server that plays the places API (tests, benchmarks).
@@ -21,6 +22,7 @@
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod answer_cache;
 pub mod backoff;
 pub mod cli;
 pub mod config;

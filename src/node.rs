@@ -153,8 +153,7 @@ impl Node {
             store.do_send(Subscribe(link.clone().recipient()));
             links.push(link);
         }
-        let places =
-            PlacesProxy::new(config.places.url.clone(), config.places.timeout, key).start();
+        let places = PlacesProxy::new(config.places.clone(), key).start();
         let services = Services {
             store: store.clone().recipient(),
             lookup: store.clone().recipient(),

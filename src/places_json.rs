@@ -117,6 +117,20 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Whether an answer is worth keeping for reuse: only a real answer (`OK` or
+/// `ZERO_RESULTS`), never an error, which may be gone on the next call.
+pub fn is_reusable(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Status<'a> {
+        #[serde(borrow)]
+        status: Option<Cow<'a, str>>,
+    }
+    matches!(
+        serde_json::from_str::<Status<'_>>(json),
+        Ok(Status { status: Some(s) }) if s == "OK" || s == "ZERO_RESULTS"
+    )
+}
+
 /// An answer in the legacy API's error shape: no results, a status and a message.
 pub fn error_answer(status: &str, message: &str) -> String {
     // Serialising a string cannot fail; the fallback only keeps this free of `unwrap`.
@@ -194,6 +208,19 @@ mod tests {
     fn bodies_that_are_not_json_objects_are_refused() {
         assert_eq!(cut_results("<html>", 5), Err(BadAnswer::NotJson));
         assert_eq!(cut_results("[1, 2]", 5), Err(BadAnswer::NotAnObject));
+    }
+
+    #[test]
+    fn only_real_answers_are_reusable() {
+        assert!(is_reusable(THREE));
+        assert!(is_reusable(include_str!(
+            "../tests/fixtures/places/legacy_zero_results.json"
+        )));
+        assert!(!is_reusable(include_str!(
+            "../tests/fixtures/places/legacy_request_denied.json"
+        )));
+        assert!(!is_reusable(&error_answer(UNKNOWN_ERROR, "x")));
+        assert!(!is_reusable("{}"));
     }
 
     #[test]

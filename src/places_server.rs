@@ -57,11 +57,19 @@ pub enum Reply {
 
 type Responder = dyn Fn(&Request) -> Reply + Send + Sync;
 
+/// Requests being answered now, and the most there ever were at once.
+#[derive(Default)]
+struct Load {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
 /// A running fake places API. Stops when dropped.
 pub struct PlacesServer {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Request>>>,
     connections: Arc<AtomicUsize>,
+    load: Arc<Load>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,12 +84,17 @@ impl PlacesServer {
         let addr = std_listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let load = Arc::new(Load::default());
         let (stop, stopped) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let responder: Arc<Responder> = Arc::new(responder);
-        let (reqs, conns) = (Arc::clone(&requests), Arc::clone(&connections));
+        let (reqs, conns, thread_load) = (
+            Arc::clone(&requests),
+            Arc::clone(&connections),
+            Arc::clone(&load),
+        );
         let thread = std::thread::Builder::new()
             .name("places-server".into())
             .spawn(move || {
@@ -91,7 +104,7 @@ impl PlacesServer {
                     };
                     tokio::select! {
                         _ = stopped => {}
-                        _ = accept_loop(listener, responder, reqs, conns) => {}
+                        _ = accept_loop(listener, responder, reqs, conns, thread_load) => {}
                     }
                 });
             })?;
@@ -99,6 +112,7 @@ impl PlacesServer {
             addr,
             requests,
             connections,
+            load,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -127,6 +141,11 @@ impl PlacesServer {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// The most requests that were being answered at the same time.
+    pub fn most_at_once(&self) -> usize {
+        self.load.most.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for PlacesServer {
@@ -145,12 +164,14 @@ async fn accept_loop(
     responder: Arc<Responder>,
     requests: Arc<Mutex<Vec<Request>>>,
     connections: Arc<AtomicUsize>,
+    load: Arc<Load>,
 ) {
     while let Ok((stream, _)) = listener.accept().await {
         connections.fetch_add(1, Ordering::SeqCst);
         let (responder, requests) = (Arc::clone(&responder), Arc::clone(&requests));
+        let load = Arc::clone(&load);
         tokio::spawn(async move {
-            let _ = serve(stream, responder, requests).await;
+            let _ = serve(stream, responder, requests, load).await;
         });
     }
 }
@@ -159,6 +180,7 @@ async fn serve(
     mut stream: TcpStream,
     responder: Arc<Responder>,
     requests: Arc<Mutex<Vec<Request>>>,
+    load: Arc<Load>,
 ) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -169,6 +191,8 @@ async fn serve(
             .headers
             .iter()
             .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        let now = load.now.fetch_add(1, Ordering::SeqCst) + 1;
+        load.most.fetch_max(now, Ordering::SeqCst);
         let mut reply = responder(&request);
         requests
             .lock()
@@ -186,6 +210,7 @@ async fn serve(
                 Reply::Html(status, body) => break (status, "text/html", body),
             }
         };
+        load.now.fetch_sub(1, Ordering::SeqCst);
         let head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
             reason(status),
