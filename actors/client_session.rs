@@ -198,8 +198,11 @@ impl ClientSession {
                     let Ok(Some(record)) = lookup.await else {
                         return unknown;
                     };
+                    let Some(position) = record.position() else {
+                        return unknown;
+                    };
                     let search = NearbySearch {
-                        position: record.position(),
+                        position,
                         radius,
                         bound,
                     };

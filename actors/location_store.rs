@@ -6,8 +6,11 @@
 //! taken the record: that is how a client's AT answer comes after the record went out on
 //! every link that is up.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use actix::prelude::*;
 use log::debug;
@@ -20,8 +23,11 @@ pub const LOG_TARGET: &str = "herd::location_store";
 /// Holds the latest record of every client this server has heard of.
 #[derive(Default)]
 pub struct LocationStore {
-    /// The latest record per client id.
-    records: HashMap<Box<str>, Record>,
+    /// The latest record per client, found by the client id inside the record itself, so
+    /// the id is not stored twice (a server may hold millions of records).
+    records: HashTable<Record>,
+    /// Hashes client ids for `records`.
+    hasher: hashbrown::DefaultHashBuilder,
     /// Who hears of every record that is stored: the server's links to its neighbors.
     subscribers: Vec<Recipient<Stored>>,
 }
@@ -79,14 +85,21 @@ impl Handler<Store> for LocationStore {
     type Result = ResponseFuture<StoreOutcome>;
 
     fn handle(&mut self, Store { record, from }: Store, _: &mut Context<Self>) -> Self::Result {
-        let outcome = match self.records.get_mut(record.client()) {
-            Some(held) if !record.supersedes(held) => StoreOutcome::Kept,
-            Some(held) => {
-                *held = record.clone();
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(record.client());
+        let entry = self.records.entry(
+            hash,
+            |held| held.client() == record.client(),
+            |held| hasher.hash_one(held.client()),
+        );
+        let outcome = match entry {
+            Entry::Occupied(held) if !record.supersedes(held.get()) => StoreOutcome::Kept,
+            Entry::Occupied(mut held) => {
+                *held.get_mut() = record.clone();
                 StoreOutcome::Stored
             }
-            None => {
-                self.records.insert(record.client().into(), record.clone());
+            Entry::Vacant(empty) => {
+                empty.insert(record.clone());
                 StoreOutcome::Stored
             }
         };
@@ -111,7 +124,11 @@ impl Handler<Lookup> for LocationStore {
     type Result = Option<Record>;
 
     fn handle(&mut self, Lookup(client): Lookup, _: &mut Context<Self>) -> Option<Record> {
-        let found = self.records.get(&client).cloned();
+        let hash = self.hasher.hash_one(&*client);
+        let found = self
+            .records
+            .find(hash, |held| held.client() == &*client)
+            .cloned();
         debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
         found
     }
@@ -122,7 +139,7 @@ impl Handler<Snapshot> for LocationStore {
 
     fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
         debug!(target: LOG_TARGET, "Snapshot: {} records", self.records.len());
-        MessageResult(self.records.values().map(Record::shared_line).collect())
+        MessageResult(self.records.iter().map(Record::shared_line).collect())
     }
 }
 

@@ -8,7 +8,7 @@
 //! Numbers that must be exact (client time, the time difference, the radius in metres) are
 //! handled as integers or decimal text, never through a float.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -321,31 +321,31 @@ impl Radius {
 /// A location record: one client's position as the server that heard it wrote it.
 ///
 /// The AT line is kept whole and shared (`Arc`), because it is what every other server and
-/// every WHATSAT copies byte for byte; the parsed parts are kept beside it for ordering and
-/// for the places search.
-#[derive(Debug, Clone, PartialEq)]
+/// every WHATSAT copies byte for byte; beside it only what ordering needs (the client time)
+/// and where the client id sits in the line. A server may hold millions of these, so the
+/// position is parsed from the line again when a WHATSAT needs it, rather than stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     line: Arc<str>,
-    client: (u32, u32),
-    time: Nanos,
-    position: Degrees,
+    /// The client time: whole seconds and nanoseconds (the ordering key).
+    secs: u64,
+    nanos: u32,
+    /// Where the client id starts in `line`, and its length (at most 256 bytes).
+    client_start: u32,
+    client_len: u16,
 }
 
 impl Record {
     /// The record a server makes from an IAMAT it received at `received`.
     pub fn from_iamat(server: &str, iamat: &Iamat<'_>, received: Nanos) -> Record {
         let diff = TimeDiff(received.0 - iamat.time.nanos.0);
-        let head = format!("AT {server} {diff} ");
-        let line = format!(
-            "{head}{} {} {}",
-            iamat.client, iamat.location.text, iamat.time.text
-        );
-        Record {
-            client: (head.len() as u32, (head.len() + iamat.client.len()) as u32),
-            line: line.into(),
-            time: iamat.time.nanos,
-            position: iamat.location.degrees(),
-        }
+        Self::assemble(
+            server,
+            &diff,
+            iamat.client,
+            iamat.location.text,
+            &iamat.time,
+        )
     }
 
     /// Parses an AT line sent by a neighbor (after `AT`).
@@ -359,14 +359,29 @@ impl Record {
             return None;
         }
         // Rebuilt with single spaces, so that every server stores the same bytes.
-        let head = format!("AT {server} {diff} ");
-        let line = format!("{head}{client} {} {}", location.text, time.text);
-        Some(Record {
-            client: (head.len() as u32, (head.len() + client.len()) as u32),
+        Some(Self::assemble(server, &diff, client, location.text, &time))
+    }
+
+    fn assemble(
+        server: &str,
+        diff: &dyn fmt::Display,
+        client: &str,
+        location: &str,
+        time: &ClientTime<'_>,
+    ) -> Record {
+        let mut line = String::with_capacity(64 + server.len() + client.len() + time.text.len());
+        // Writing to a String cannot fail.
+        let _ = write!(line, "AT {server} {diff} ");
+        let client_start = line.len() as u32;
+        let _ = write!(line, "{client} {location} {}", time.text);
+        let nanos_per_sec = NANOS_PER_SEC;
+        Record {
             line: line.into(),
-            time: time.nanos,
-            position: location.degrees(),
-        })
+            secs: (time.nanos.0 / nanos_per_sec) as u64,
+            nanos: (time.nanos.0 % nanos_per_sec) as u32,
+            client_start,
+            client_len: client.len() as u16,
+        }
     }
 
     /// The whole AT line, without a line ending.
@@ -381,23 +396,27 @@ impl Record {
 
     /// The client this record is about.
     pub fn client(&self) -> &str {
-        &self.line[self.client.0 as usize..self.client.1 as usize]
+        let start = self.client_start as usize;
+        &self.line[start..start + usize::from(self.client_len)]
     }
 
     /// The client's time, in nanoseconds.
     pub fn time(&self) -> Nanos {
-        self.time
+        Nanos(i128::from(self.secs) * NANOS_PER_SEC + i128::from(self.nanos))
     }
 
-    /// The client's position.
-    pub fn position(&self) -> Degrees {
-        self.position
+    /// The client's position, read from the line (which was checked when the record was made).
+    pub fn position(&self) -> Option<Degrees> {
+        let after_client = self.client_start as usize + usize::from(self.client_len) + 1;
+        let location = self.line.get(after_client..)?.split(' ').next()?;
+        Location::parse(location).map(|l| l.degrees())
     }
 
     /// Whether this record should replace `other` (SPEC section 3): a greater client time,
     /// or an equal one and a bytewise greater AT line, so that every server converges.
     pub fn supersedes(&self, other: &Record) -> bool {
-        (self.time, self.line.as_bytes()) > (other.time, other.line.as_bytes())
+        (self.secs, self.nanos, self.line.as_bytes())
+            > (other.secs, other.nanos, other.line.as_bytes())
     }
 }
 
@@ -662,6 +681,11 @@ mod tests {
         assert_eq!(r.line(), line);
         assert_eq!(r.client(), "kiwi");
         assert_eq!(r.time(), Nanos(1_621_464_827_959_498_503));
+        let position = r.position().unwrap();
+        assert_eq!(
+            (position.latitude, position.longitude),
+            (34.068930, -118.445127)
+        );
         for bad in [
             "AT Clark 0.263873386 kiwi +34-118 1",
             "AT Clark +0.26387338 kiwi +34-118 1",
