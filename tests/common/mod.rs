@@ -46,13 +46,23 @@ pub fn one_node_config(
     timeout: Duration,
     max_line_bytes: usize,
 ) -> (HerdConfig, TempDir) {
+    let places = format!("api = \"legacy\"\nurl = '{places_url}'");
+    one_node_config_with(&places, timeout, max_line_bytes)
+}
+
+/// As [`one_node_config`], with the `[places]` settings other than the timeout given as
+/// TOML lines (`api = "new"`, `url = '...'`, `cache_ttl_s = 0`, ...).
+pub fn one_node_config_with(
+    places: &str,
+    timeout: Duration,
+    max_line_bytes: usize,
+) -> (HerdConfig, TempDir) {
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let log_dir = dir.path().join("logs");
     // TOML literal strings ('...') take the path as it is, backslashes included.
     let toml = format!(
         "[places]\n\
-         api = \"legacy\"\n\
-         url = '{places_url}'\n\
+         {places}\n\
          timeout_ms = {timeout_ms}\n\
          \n\
          [log]\n\
@@ -102,6 +112,11 @@ impl TestNode {
         key: Option<ApiKey>,
     ) -> TestNode {
         let (config, dir) = one_node_config(places_url, timeout, max_line_bytes);
+        Self::start_config(config, dir, key).await
+    }
+
+    /// Starts the server of a config made by [`one_node_config_with`].
+    pub async fn start_config(config: HerdConfig, dir: TempDir, key: Option<ApiKey>) -> TestNode {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
