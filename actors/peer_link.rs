@@ -75,8 +75,10 @@ struct Connection {
     out: BytesMut,
     /// Snapshot records not yet moved into `out`.
     backlog: std::vec::IntoIter<Arc<str>>,
-    /// Whether a future already waits for the socket to take more.
-    awaiting_writable: bool,
+    /// The future that waits for the socket to take more, if one does. It holds the
+    /// writer, so it is cancelled with the connection: otherwise a neighbor that stopped
+    /// reading would keep a dropped connection (and its full socket buffer) open forever.
+    waiting_writable: Option<SpawnHandle>,
     /// The task that watches the neighbor's side for end-of-file.
     reader: JoinHandle<()>,
 }
@@ -145,7 +147,7 @@ impl PeerLink {
             writer: Rc::new(write_half),
             out,
             backlog: Vec::new().into_iter(),
-            awaiting_writable: false,
+            waiting_writable: None,
             reader,
         });
         let state = if self.was_up {
@@ -181,7 +183,7 @@ impl PeerLink {
         let Some(c) = self.connection.as_mut() else {
             return;
         };
-        while !c.awaiting_writable {
+        while c.waiting_writable.is_none() {
             while c.out.len() < SNAPSHOT_CHUNK_BYTES {
                 let Some(line) = c.backlog.next() else { break };
                 c.out.extend_from_slice(line.as_bytes());
@@ -193,22 +195,25 @@ impl PeerLink {
             match c.writer.try_write(&c.out) {
                 Ok(n) => c.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.awaiting_writable = true;
                     let writer = Rc::clone(&c.writer);
                     let generation = self.generation;
                     let writable = async move { writer.writable().await };
-                    ctx.spawn(writable.into_actor(self).map(move |result, act, ctx| {
-                        if act.generation != generation {
-                            return;
-                        }
-                        if let Some(c) = act.connection.as_mut() {
-                            c.awaiting_writable = false;
-                        }
-                        match result {
-                            Ok(()) => act.flush(ctx),
-                            Err(e) => act.down(&format!("write failed: {e}"), ctx),
-                        }
-                    }));
+                    let waiting =
+                        ctx.spawn(writable.into_actor(self).map(move |result, act, ctx| {
+                            if act.generation != generation {
+                                return;
+                            }
+                            if let Some(c) = act.connection.as_mut() {
+                                c.waiting_writable = None;
+                            }
+                            match result {
+                                Ok(()) => act.flush(ctx),
+                                Err(e) => act.down(&format!("write failed: {e}"), ctx),
+                            }
+                        }));
+                    if let Some(c) = self.connection.as_mut() {
+                        c.waiting_writable = Some(waiting);
+                    }
                     return;
                 }
                 Err(e) => return self.down(&format!("write failed: {e}"), ctx),
@@ -220,6 +225,9 @@ impl PeerLink {
     fn down(&mut self, why: &str, ctx: &mut Context<Self>) {
         if let Some(c) = self.connection.take() {
             c.reader.abort();
+            if let Some(waiting) = c.waiting_writable {
+                ctx.cancel_future(waiting);
+            }
             self.log.note(
                 None,
                 format!("link to {} at {} dropped: {why}", self.neighbor, self.addr),

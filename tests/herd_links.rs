@@ -1,0 +1,473 @@
+//! End-to-end tests of the herd protocol (SPEC section 3): whole herds run in one process,
+//! talked to over TCP as clients would, with servers stopped and restarted, and a neighbor
+//! that stops reading played by a proxy.
+
+mod herd_support;
+
+use std::time::Duration;
+
+use herd_support::{
+    EVENTUALLY, FIVE, Herd, HerdBuilder, KIWI_POSITION, LineClient, StallProxy, assert_at_answer,
+    eventually, free_port, newer, seed, tcp_state,
+};
+
+/// Another position, far from [`KIWI_POSITION`].
+const SYDNEY: &str = "-33.868800+151.209300";
+
+#[actix_rt::test]
+async fn an_iamat_at_clark_reaches_every_server_of_the_five_server_herd_byte_for_byte() {
+    let mut herd = Herd::five().await;
+    let line = herd
+        .iamat(
+            "Clark",
+            "kiwi.cs.ucla.edu",
+            KIWI_POSITION,
+            "1621464827.959498503",
+        )
+        .await;
+    // Bailey is two hops from Clark (through Bona, or Jaquez and Campbell).
+    herd.eventually_know(&FIVE, "kiwi.cs.ucla.edu", &line).await;
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn an_iamat_travels_three_hops_down_a_chain() {
+    let mut herd = HerdBuilder::new(&["A", "B", "C", "D"], &[("A", "B"), ("B", "C"), ("C", "D")])
+        .start()
+        .await;
+    let line = herd
+        .iamat("A", "chain.client", KIWI_POSITION, "1700000000.25")
+        .await;
+    herd.eventually_know(&["D", "C", "B", "A"], "chain.client", &line)
+        .await;
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn records_are_routed_around_a_stopped_server() {
+    let mut herd = Herd::five().await;
+    herd.stop("Bona").await;
+    // Without Bona, Clark reaches Bailey only through Jaquez and Campbell.
+    let line = herd
+        .iamat("Clark", "detour", KIWI_POSITION, "1700000000")
+        .await;
+    herd.eventually_know(&["Bailey", "Campbell", "Jaquez", "Clark"], "detour", &line)
+        .await;
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn a_restarted_server_catches_up_on_what_it_missed() {
+    let mut herd = Herd::five().await;
+    herd.stop("Bailey").await;
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        let client = format!("missed-{i}");
+        let time = format!("1700000000.{i}");
+        let line = herd.iamat("Clark", &client, KIWI_POSITION, &time).await;
+        missed.push((client, line));
+    }
+    // Bailey's neighbors hold every record before it returns, so Bailey can only learn
+    // them from the links' snapshots on reconnection.
+    for (client, line) in &missed {
+        herd.eventually_know(&["Bona", "Campbell"], client, line)
+            .await;
+    }
+    herd.restart("Bailey").await;
+    for (client, line) in &missed {
+        herd.eventually_know(&["Bailey"], client, line).await;
+    }
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere() {
+    let seed = seed();
+    println!("seed {seed} (HERD_TEST_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut herd = Herd::five().await;
+    let mut clark = herd.client("Clark").await;
+    let mut bailey = herd.client("Bailey").await;
+    let client = "contested";
+    let mut best: Option<String> = None;
+    for round in 0..40u64 {
+        // Each round's times are above every earlier round's, except in "older" rounds.
+        let secs = 1_700_000_000 + 10 * round;
+        let fraction = |rng: &mut fastrand::Rng| {
+            let digits = rng.usize(1..=9);
+            let fraction = rng.u32(0..10u32.pow(digits as u32));
+            format!("{fraction:0digits$}")
+        };
+        let (mut c_time, mut b_time) = match round % 4 {
+            // The same time, written the same way: the bytewise greater line wins.
+            0 => (format!("{secs}"), format!("{secs}")),
+            // The same time written two ways: still a tie, not a textual comparison.
+            1 => (format!("{secs}.5"), format!("{secs}.500000000")),
+            // Different times (almost always) in the same second.
+            2 => (
+                format!("{secs}.{}", fraction(&mut rng)),
+                format!("{secs}.{}", fraction(&mut rng)),
+            ),
+            // Both older than what the herd holds: nothing changes.
+            _ => (
+                format!("{}.{}", secs - 15, fraction(&mut rng)),
+                format!("{}", secs - 11),
+            ),
+        };
+        if rng.bool() {
+            std::mem::swap(&mut c_time, &mut b_time);
+        }
+        let (c_line, b_line) = futures_util::future::join(
+            clark.iamat("Clark", client, KIWI_POSITION, &c_time),
+            bailey.iamat("Bailey", client, SYDNEY, &b_time),
+        )
+        .await;
+        let winner = newer(&c_line, &b_line);
+        let expected = match &best {
+            Some(b) => newer(b, winner).to_owned(),
+            None => winner.to_owned(),
+        };
+        // Both records cross the herd in opposite directions; every server must end with
+        // the same one, the newer by SPEC's rule, whichever it heard first.
+        herd.eventually_know(&FIVE, client, &expected).await;
+        best = Some(expected);
+    }
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn a_record_reaches_a_neighbor_before_the_client_gets_its_answer() {
+    let mut herd = Herd::five().await;
+    // First make sure the link from Clark to Jaquez is up.
+    let warm = herd
+        .iamat("Clark", "warm-up", KIWI_POSITION, "1700000000")
+        .await;
+    herd.eventually_know(&["Jaquez"], "warm-up", &warm).await;
+    let mut clark = herd.client("Clark").await;
+    let mut jaquez = herd.client("Jaquez").await;
+    for round in 0..100 {
+        let time = format!("{}", 1_700_000_000 + round);
+        let line = clark.iamat("Clark", "hasty", KIWI_POSITION, &time).await;
+        // No waiting: the record went out on the link before the answer did.
+        let seen = jaquez.whatsat("hasty").await.expect("WHATSAT at Jaquez");
+        assert_eq!(
+            seen.as_deref(),
+            Some(line.as_str()),
+            "round {round}: Jaquez does not hold the record Clark just acknowledged"
+        );
+    }
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn an_older_record_does_not_replace_a_newer_one_anywhere() {
+    let mut herd = Herd::five().await;
+    let newest = herd.iamat("Clark", "steady", KIWI_POSITION, "200").await;
+    herd.eventually_know(&FIVE, "steady", &newest).await;
+    // The older IAMAT is answered with its own AT line (asserted by `iamat`)...
+    let older = herd.iamat("Bailey", "steady", SYDNEY, "100").await;
+    assert_ne!(older, newest);
+    // ...and had it been stored and flooded, it would travel ahead of this marker.
+    let marker = herd.iamat("Bailey", "steady-marker", SYDNEY, "300").await;
+    herd.eventually_know(&FIVE, "steady-marker", &marker).await;
+    for server in FIVE {
+        let held = herd.whatsat(server, "steady").await.expect("WHATSAT");
+        assert_eq!(
+            held.as_deref(),
+            Some(newest.as_str()),
+            "{server} replaced the newer record"
+        );
+    }
+    herd.stop_all().await;
+}
+
+/// Clark and Bona, where Clark reaches Bona only through a proxy the test controls.
+async fn clark_with_bona_behind_a_proxy() -> (Herd, StallProxy) {
+    let proxy = StallProxy::start();
+    let herd = HerdBuilder::new(&["Clark", "Bona"], &[("Clark", "Bona")])
+        .advertise("Bona", proxy.addr())
+        .start()
+        .await;
+    proxy.forward_to(herd.addr("Bona"));
+    let warm = herd
+        .iamat("Clark", "warm-up", KIWI_POSITION, "1700000000")
+        .await;
+    herd.eventually_know(&["Bona"], "warm-up", &warm).await;
+    (herd, proxy)
+}
+
+/// Whether a log holds the note of the link to Bona dropped for being over its limit.
+fn over_limit_note(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
+        l.contains("link to Bona")
+            && l.contains("dropped")
+            && l.contains("over the")
+            && l.contains("limit")
+    })
+}
+
+/// The fewest IAMATs sent at the stalled link (a few MB of records).
+const FLOOD_MIN: usize = 20_000;
+/// The most: far more than the link's queue and the kernel's buffers hold together.
+const FLOOD_MAX: usize = 120_000;
+/// IAMATs sent per batch.
+const FLOOD_BATCH: usize = 2_000;
+
+/// Sends IAMATs with long client ids at Clark, checking every answer, until Clark's log
+/// (read as it goes) says its link to Bona went over its queue limit (and at least
+/// [`FLOOD_MIN`]); returns the AT line of the last one.
+async fn flood_clark(herd: &Herd) -> String {
+    let mut clark = herd.client("Clark").await;
+    let long = "x".repeat(240);
+    let mut sent = 0;
+    let mut last = String::new();
+    while sent < FLOOD_MAX {
+        let ids: Vec<String> = (sent..sent + FLOOD_BATCH)
+            .map(|i| format!("{long}-{i:06}"))
+            .collect();
+        let text: String = ids
+            .iter()
+            .map(|id| format!("IAMAT {id} {KIWI_POSITION} 1700000000.5\n"))
+            .collect();
+        // Generous: this is a liveness check, not a timing.
+        let answers =
+            tokio::time::timeout(Duration::from_secs(60), clark.pipeline(&text, FLOOD_BATCH))
+                .await
+                .unwrap_or_else(|_| panic!("IAMATs {sent}..: not all answered within 60 s"))
+                .unwrap_or_else(|e| panic!("IAMATs {sent}..: {e}"));
+        for (id, answer) in ids.iter().zip(&answers) {
+            assert_at_answer(answer, "Clark", id, KIWI_POSITION, "1700000000.5");
+        }
+        last = answers.last().unwrap().clone();
+        sent += FLOOD_BATCH;
+        if sent >= FLOOD_MIN && over_limit_note(&herd.log("Clark")).is_some() {
+            break;
+        }
+    }
+    println!("{sent} IAMATs sent at Clark while Bona did not read");
+    last
+}
+
+#[actix_rt::test]
+async fn a_neighbor_that_stops_reading_never_slows_clients_and_its_queue_is_dropped() {
+    let (mut herd, proxy) = clark_with_bona_behind_a_proxy().await;
+    proxy.stall();
+    let last = flood_clark(&herd).await;
+    // Once Bona reads again, the next connection's snapshot brings it up to date.
+    proxy.resume();
+    let after = herd
+        .iamat("Clark", "after-the-stall", KIWI_POSITION, "1700000001")
+        .await;
+    let last_client = last.split(' ').nth(3).unwrap().to_owned();
+    let what = "Bona caught up with Clark's records";
+    eventually(Duration::from_secs(30), what, async || {
+        for (client, line) in [(last_client.as_str(), &last), ("after-the-stall", &after)] {
+            let got = herd.whatsat("Bona", client).await;
+            if got.as_ref().ok().and_then(Option::as_deref) != Some(line.as_str()) {
+                return Err(format!("Bona answers {got:?} for {client}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    herd.stop_all().await;
+    let log = herd.log("Clark");
+    assert!(
+        over_limit_note(&log).is_some(),
+        "Clark's log does not say the link to Bona was dropped over its queue limit"
+    );
+}
+
+#[actix_rt::test]
+async fn a_link_dropped_over_its_queue_limit_closes_its_connection() {
+    let (mut herd, proxy) = clark_with_bona_behind_a_proxy().await;
+    let stalled = *proxy.accepted().last().expect("Clark dialled the proxy");
+    assert_eq!(
+        tcp_state(stalled, proxy.addr()),
+        Some(1),
+        "Clark's link to the proxy is not an established socket in /proc/net/tcp"
+    );
+    proxy.stall();
+    flood_clark(&herd).await;
+    eventually(
+        EVENTUALLY,
+        "Clark dials again after dropping the link",
+        async || match proxy.accepted().len() {
+            1 => Err("one connection so far".to_owned()),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    // The dropped connection must be closed (FIN-WAIT-1 while Bona reads nothing, or
+    // gone), not left open with a full send buffer, one more for each overflow.
+    let what = "Clark closed the link connection it dropped";
+    eventually(EVENTUALLY, what, async || {
+        match tcp_state(stalled, proxy.addr()) {
+            Some(1) => Err("Clark's side is still ESTABLISHED".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn hellos_are_accepted_only_from_neighbors_and_records_only_after_a_hello() {
+    let mut herd = HerdBuilder::new(
+        &["Clark", "Bona", "Jaquez"],
+        &[("Clark", "Bona"), ("Bona", "Jaquez")],
+    )
+    .start()
+    .await;
+    let addr = herd.addr("Clark");
+
+    // A server nobody configured, then one that is configured but not Clark's neighbor.
+    let mut stranger = LineClient::connect(addr).await.unwrap();
+    stranger.send("PEER Stranger\n").await.unwrap();
+    assert_eq!(stranger.read_line().await.unwrap(), "? PEER Stranger");
+    let sneaky = "AT Stranger +0.000000000 sneaky +1+1 1700000000";
+    stranger.send(&format!("{sneaky}\n")).await.unwrap();
+    assert_eq!(stranger.read_line().await.unwrap(), format!("? {sneaky}"));
+    let mut jaquez = LineClient::connect(addr).await.unwrap();
+    jaquez.send("PEER Jaquez\n").await.unwrap();
+    assert_eq!(jaquez.read_line().await.unwrap(), "? PEER Jaquez");
+
+    // A record on a connection that never said hello.
+    let mut anonymous = LineClient::connect(addr).await.unwrap();
+    let unsolicited = "AT Bona +0.000000000 unsolicited +1+1 1700000000";
+    anonymous.send(&format!("{unsolicited}\n")).await.unwrap();
+    assert_eq!(
+        anonymous.read_line().await.unwrap(),
+        format!("? {unsolicited}")
+    );
+    assert_eq!(anonymous.whatsat("unsolicited").await.unwrap(), None);
+
+    // A neighbor's hello, then a record: no answer, and the record is stored.
+    let mut bona = LineClient::connect(addr).await.unwrap();
+    let record = "AT Bona +0.250000000 welcome +12.5-7.25 1700000000.75";
+    bona.send(&format!("PEER Bona\n{record}\n")).await.unwrap();
+    herd.eventually_know(&["Clark"], "welcome", record).await;
+    assert_eq!(
+        bona.finish().await.unwrap(),
+        "",
+        "Clark answered on a neighbor's link"
+    );
+    // The refused records changed nothing, anywhere.
+    for server in ["Clark", "Bona", "Jaquez"] {
+        for client in ["sneaky", "unsolicited"] {
+            let held = herd.whatsat(server, client).await.unwrap();
+            assert_eq!(held, None, "{server} stored a refused record of {client}");
+        }
+    }
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn with_a_peer_addr_links_use_it_and_the_client_address_refuses_hellos() {
+    let port = free_port();
+    let peer_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut herd = HerdBuilder::new(&["Clark", "Bona"], &[("Clark", "Bona")])
+        .peer_addr("Bona", peer_addr)
+        .start()
+        .await;
+    assert_eq!(herd.node("Bona").peer_addr(), Some(peer_addr));
+
+    // Records flood both ways: Clark dials Bona's peer_addr (a hello on Bona's client
+    // address would be refused, and nothing would reach Bona).
+    let from_clark = herd
+        .iamat("Clark", "via-peer-addr", KIWI_POSITION, "1700000000")
+        .await;
+    herd.eventually_know(&["Bona"], "via-peer-addr", &from_clark)
+        .await;
+    let from_bona = herd.iamat("Bona", "to-clark", SYDNEY, "1700000000").await;
+    herd.eventually_know(&["Clark"], "to-clark", &from_bona)
+        .await;
+
+    let mut on_client_addr = herd.client("Bona").await;
+    on_client_addr.send("PEER Clark\n").await.unwrap();
+    assert_eq!(on_client_addr.read_line().await.unwrap(), "? PEER Clark");
+    let record = "AT Clark +0.000000000 wrong-door +1+1 1700000000";
+    on_client_addr.send(&format!("{record}\n")).await.unwrap();
+    assert_eq!(
+        on_client_addr.read_line().await.unwrap(),
+        format!("? {record}")
+    );
+
+    // The same hello on the peer address is accepted.
+    let mut on_peer_addr = LineClient::connect(peer_addr).await.unwrap();
+    let record = "AT Clark +0.000000000 right-door +1+1 1700000000";
+    on_peer_addr
+        .send(&format!("PEER Clark\n{record}\n"))
+        .await
+        .unwrap();
+    herd.eventually_know(&["Bona"], "right-door", record).await;
+    assert_eq!(on_peer_addr.finish().await.unwrap(), "");
+    assert_eq!(herd.whatsat("Bona", "wrong-door").await.unwrap(), None);
+    herd.stop_all().await;
+}
+
+#[actix_rt::test]
+async fn links_say_hello_send_only_stored_records_not_back_and_a_snapshot_on_reconnection() {
+    // Clark is real; its neighbors Bona and Jaquez are played by the test.
+    let bona = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jaquez = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut herd = HerdBuilder::new(
+        &["Clark", "Bona", "Jaquez"],
+        &[("Clark", "Bona"), ("Clark", "Jaquez")],
+    )
+    .external("Bona", bona.local_addr().unwrap())
+    .external("Jaquez", jaquez.local_addr().unwrap())
+    .start()
+    .await;
+    let mut to_bona = LineClient::accept(&bona).await.unwrap();
+    let mut to_jaquez = LineClient::accept(&jaquez).await.unwrap();
+    assert_eq!(to_bona.read_line().await.unwrap(), "PEER Clark");
+    assert_eq!(to_jaquez.read_line().await.unwrap(), "PEER Clark");
+
+    // A record from Bona goes on to Jaquez, not back to Bona.
+    let one_hop = "AT Bona +0.100000000 one-hop +1+1 1700000000.5";
+    let mut from_bona = herd.client("Clark").await;
+    from_bona
+        .send(&format!("PEER Bona\n{one_hop}\n"))
+        .await
+        .unwrap();
+    herd.eventually_know(&["Clark"], "one-hop", one_hop).await;
+    // From Jaquez: the same record again and an older one (neither stored, so neither
+    // forwarded), then a new one (forwarded to Bona only). Lines of one connection are
+    // taken in order, so once the new one is held the others were dealt with.
+    let equal = one_hop;
+    let older = "AT Jaquez +0.100000000 one-hop +2+2 1700000000.4";
+    let newer_one = "AT Jaquez +0.100000000 from-jaquez +3+3 1700000000";
+    let mut from_jaquez = herd.client("Clark").await;
+    from_jaquez
+        .send(&format!("PEER Jaquez\n{equal}\n{older}\n{newer_one}\n"))
+        .await
+        .unwrap();
+    herd.eventually_know(&["Clark"], "from-jaquez", newer_one)
+        .await;
+    herd.eventually_know(&["Clark"], "one-hop", one_hop).await;
+    // A client's record goes to both; it travels behind everything sent before it.
+    let marker = herd
+        .iamat("Clark", "marker", KIWI_POSITION, "1700000001")
+        .await;
+    assert_eq!(to_jaquez.read_line().await.unwrap(), one_hop);
+    assert_eq!(to_jaquez.read_line().await.unwrap(), marker);
+    assert_eq!(to_bona.read_line().await.unwrap(), newer_one);
+    assert_eq!(to_bona.read_line().await.unwrap(), marker);
+
+    // Bona drops the link: Clark dials again by itself, says hello, then sends everything
+    // it holds.
+    drop(to_bona);
+    let mut again = LineClient::accept(&bona).await.unwrap();
+    assert_eq!(again.read_line().await.unwrap(), "PEER Clark");
+    let mut snapshot = Vec::new();
+    for _ in 0..3 {
+        snapshot.push(again.read_line().await.unwrap());
+    }
+    snapshot.sort();
+    let mut held = vec![one_hop.to_owned(), newer_one.to_owned(), marker.clone()];
+    held.sort();
+    assert_eq!(snapshot, held);
+    drop((from_bona, from_jaquez, to_jaquez));
+    herd.stop_all().await;
+}
