@@ -471,3 +471,47 @@ async fn links_say_hello_send_only_stored_records_not_back_and_a_snapshot_on_rec
     drop((from_bona, from_jaquez, to_jaquez));
     herd.stop_all().await;
 }
+
+#[actix_rt::test]
+async fn a_server_listening_on_every_interface_is_reached_at_its_advertised_address() {
+    let (clark_port, bona_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "links = [[\"Clark\", \"Bona\"]]\n\n[places]\nurl = 'http://127.0.0.1:9/x'\n\n\
+         [log]\ndir = '{}'\n\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:{clark_port}\"\n\n\
+         [[nodes]]\nname = \"Bona\"\naddr = \"127.0.0.1:{bona_port}\"\nlisten = \"0.0.0.0:{bona_port}\"\n",
+        dir.path().join("logs").display()
+    );
+    let path = dir.path().join("herd.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = herd::config::HerdConfig::load_with_env(&path, Some(Default::default())).unwrap();
+    let key = Some(herd::actors::places_proxy::ApiKey::new("k"));
+    let clark = herd::node::Node::start(&config, "Clark", key.clone())
+        .await
+        .unwrap();
+    let bona = herd::node::Node::start(&config, "Bona", key).await.unwrap();
+    assert_eq!(
+        bona.client_addr(),
+        format!("0.0.0.0:{bona_port}").parse().unwrap()
+    );
+
+    // Clark dials Bona at its advertised 127.0.0.1 address, which the 0.0.0.0 bind serves.
+    let mut at_clark = LineClient::connect(clark.client_addr()).await.unwrap();
+    let line = at_clark
+        .iamat("Clark", "everywhere", KIWI_POSITION, "1700000000")
+        .await;
+    let bona_addr = format!("127.0.0.1:{bona_port}").parse().unwrap();
+    eventually(EVENTUALLY, "Bona knows the record", async || {
+        let mut c = LineClient::connect(bona_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        match c.whatsat("everywhere").await {
+            Ok(Some(got)) if got == line => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    clark.stop().await;
+    bona.stop().await;
+}
