@@ -41,6 +41,8 @@ enum Command {
         #[arg(short, long, default_value = "herd.toml")]
         config: PathBuf,
     },
+    /// Measure a running server: load, propagation, memory.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Cli {
@@ -62,6 +64,7 @@ impl Cli {
                 println!("{}: ok\n{herd}", config.display());
                 Ok(())
             }
+            Command::Bench(args) => crate::bench::run(args),
         }
     }
 }

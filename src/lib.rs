@@ -19,11 +19,13 @@
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.
+//! - [`mod@bench`]: `herd bench`, tools that measure a running server (load, propagation, memory).
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod answer_cache;
 pub mod backoff;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod line;

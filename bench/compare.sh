@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Measures a herd server on this machine against the physical-limit reference
+# (`herd bench echo-server`: a line server that answers each line with a line of the same
+# length), then the herd's propagation, memory and places overhead. Issue 4.
+#
+#   bash bench/compare.sh             # about 2-5 minutes
+#   QUICK=1 bash bench/compare.sh     # about 1 minute
+#
+# Servers (the herd and the echo reference) are pinned to CPU 0 and the load generator to
+# CPU 1 (taskset), so they do not fight over one core. IAMAT load runs alternate A B A B
+# (echo, herd, echo, herd) so that drifts of the machine hit both sides alike; each run's
+# figures are printed, then the ratio herd/echo of the means for throughput and p99.
+# Everything listens on 127.0.0.1 only, every run is bounded in time, and every process
+# this script starts is killed when it exits (also on Ctrl-C).
+#
+# Environment: QUICK=1 (short runs), CONNS (IAMAT connections, 50), PORT_BASE (first of the
+# ten ports used, 17100), SKIP_BUILD=1 (use the release binary as it is).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Thousands of idle connections need as many file descriptors, here and in the server.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+QUICK=${QUICK:-0}
+CONNS=${CONNS:-50}
+PORT_BASE=${PORT_BASE:-17100}
+if [[ $QUICK == 1 ]]; then
+    DURATION=2 ROUNDS=2 FLOOD_COUNT=2000 RATE_COUNT=500 IDLE_CONNS=2000 RECORDS=200000 WHATSAT_DURATION=2
+else
+    DURATION=5 ROUNDS=2 FLOOD_COUNT=10000 RATE_COUNT=2000 IDLE_CONNS=10000 RECORDS=1000000 WHATSAT_DURATION=5
+fi
+RATE=1000
+LIMIT=$((DURATION * 4 + 120)) # seconds any one benchmark command may take
+
+ECHO_ADDR=127.0.0.1:$PORT_BASE
+CLARK_ADDR=127.0.0.1:$((PORT_BASE + 1))
+JAQUEZ_ADDR=127.0.0.1:$((PORT_BASE + 2))
+BAILEY_ADDR=127.0.0.1:$((PORT_BASE + 3))
+BONA_ADDR=127.0.0.1:$((PORT_BASE + 4))
+CAMPBELL_ADDR=127.0.0.1:$((PORT_BASE + 5))
+PLACES_ADDR=127.0.0.1:$((PORT_BASE + 9))
+
+BIN=target/release/herd
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release --quiet
+fi
+
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+    SERVER_CPU=(taskset -c 0)
+    LOAD_CPU=(taskset -c 1)
+else
+    echo "warning: no taskset or fewer than 2 CPUs: servers and load share the CPUs" >&2
+    SERVER_CPU=()
+    LOAD_CPU=()
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME COMMAND...: runs COMMAND in the background and waits for its "listening on"
+# line; its pid is then in LAST_PID (the command execs, so it is the server's own pid).
+start() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    for _ in $(seq 100); do
+        if grep -q "listening on" "$TMP/$name.out" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$LAST_PID" 2>/dev/null; then
+            echo "$name did not start:" >&2
+            cat "$TMP/$name.err" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "$name did not start within 10 s" >&2
+    exit 1
+}
+
+# stop PID: stops a server started above.
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# bench ARGS...: one benchmark command on the load CPU, bounded in time. A failed one is
+# reported and the script goes on with the next.
+bench() {
+    local status=0
+    timeout "$LIMIT" "${LOAD_CPU[@]}" "$BIN" bench "$@" || status=$?
+    if [[ $status != 0 ]]; then
+        echo "  herd bench $1 failed (exit $status)" >&2
+    fi
+    return 0
+}
+
+# field KEY: the number after the last "KEY": in the JSON on standard input.
+field() {
+    sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
+}
+
+# mean NUMBERS...: their mean.
+mean() {
+    printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n; else print 0 }'
+}
+
+# ratio A B: A / B to two decimals.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+# ab TITLE ADDR_A NAME_A ADDR_B NAME_B IAMAT_OPTIONS...: IAMAT load on A and B alternately,
+# ROUNDS times each; prints every run and the ratios B/A of the means.
+ab() {
+    local title=$1 addr_a=$2 name_a=$3 addr_b=$4 name_b=$5
+    shift 5
+    local -a rps_a=() rps_b=() p99_a=() p99_b=()
+    local round side addr name json rps p50 p99 errors
+    echo
+    echo "== $title: IAMAT $*, $ROUNDS rounds of $name_a and $name_b, ${DURATION}s each"
+    printf '  %-6s %-9s %10s %8s %8s %8s %7s\n' round server req/s p50us p99us maxus errors
+    for round in $(seq "$ROUNDS"); do
+        for side in A B; do
+            if [[ $side == A ]]; then addr=$addr_a name=$name_a; else addr=$addr_b name=$name_b; fi
+            json=$(bench iamat --addr "$addr" --duration "$DURATION" "$@" --json)
+            if [[ -z $json ]]; then
+                continue
+            fi
+            rps=$(field throughput_rps <<<"$json")
+            p50=$(field p50 <<<"$json")
+            p99=$(field p99 <<<"$json")
+            errors=$(field errors <<<"$json")
+            printf '  %-6s %-9s %10.0f %8s %8s %8s %7s\n' "$round" "$name" "$rps" "$p50" "$p99" \
+                "$(field max <<<"$json")" "$errors"
+            if [[ $side == A ]]; then rps_a+=("$rps") p99_a+=("$p99"); else rps_b+=("$rps") p99_b+=("$p99"); fi
+        done
+    done
+    local ra rb pa pb
+    ra=$(mean "${rps_a[@]}") rb=$(mean "${rps_b[@]}") pa=$(mean "${p99_a[@]}") pb=$(mean "${p99_b[@]}")
+    printf '  mean   %-9s %10s req/s, p99 %s us\n' "$name_a" "$ra" "$pa"
+    printf '  mean   %-9s %10s req/s, p99 %s us\n' "$name_b" "$rb" "$pb"
+    echo "  ratio $name_b/$name_a: throughput $(ratio "$rb" "$ra"), p99 $(ratio "$pb" "$pa")"
+}
+
+mkdir -p "$TMP/logs"
+# Clark: the server under load (with a key and no cache, for WHATSAT); Jaquez: a fresh one
+# whose memory is weighed. Both call the places server `bench whatsat` starts.
+cat >"$TMP/single.toml" <<EOF
+[places]
+url = "http://$PLACES_ADDR/nearbysearch/json"
+cache_ttl_s = 0
+
+[log]
+dir = "$TMP/logs"
+
+[[nodes]]
+name = "Clark"
+addr = "$CLARK_ADDR"
+
+[[nodes]]
+name = "Jaquez"
+addr = "$JAQUEZ_ADDR"
+EOF
+# A chain of three: Bailey - Bona - Campbell.
+cat >"$TMP/chain.toml" <<EOF
+links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
+
+[places]
+url = "http://127.0.0.1:9/nearbysearch/json"
+
+[log]
+dir = "$TMP/logs"
+
+[[nodes]]
+name = "Bailey"
+addr = "$BAILEY_ADDR"
+
+[[nodes]]
+name = "Bona"
+addr = "$BONA_ADDR"
+
+[[nodes]]
+name = "Campbell"
+addr = "$CAMPBELL_ADDR"
+EOF
+
+echo "herd bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+
+start echo "${SERVER_CPU[@]}" "$BIN" bench echo-server --addr "$ECHO_ADDR"
+start clark env GOOGLE_PLACES_API_KEY=bench "${SERVER_CPU[@]}" "$BIN" run Clark -c "$TMP/single.toml"
+CLARK_PID=$LAST_PID
+
+ab "one server vs echo" "$ECHO_ADDR" echo "$CLARK_ADDR" herd --conns "$CONNS"
+ab "one server vs echo, pipelined" "$ECHO_ADDR" echo "$CLARK_ADDR" herd --conns 4 --pipeline 16
+
+echo
+echo "== WHATSAT: the latency the herd adds over calling the places server directly"
+bench whatsat --addr "$CLARK_ADDR" --places-addr "$PLACES_ADDR" --duration "$WHATSAT_DURATION"
+stop "$CLARK_PID"
+
+echo
+echo "== memory of a fresh server (Jaquez)"
+start jaquez env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Jaquez -c "$TMP/single.toml"
+JAQUEZ_PID=$LAST_PID
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $((IDLE_CONNS + 200)) ]]; then
+    IDLE_CONNS=$(($(ulimit -n) - 200))
+    echo "  (open-file limit $(ulimit -n): holding $IDLE_CONNS connections)"
+fi
+bench idle --addr "$JAQUEZ_ADDR" --conns "$IDLE_CONNS" --pid "$JAQUEZ_PID"
+bench records --addr "$JAQUEZ_ADDR" --count "$RECORDS" --pid "$JAQUEZ_PID"
+stop "$JAQUEZ_PID"
+
+start bailey env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bailey -c "$TMP/chain.toml"
+start bona env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bona -c "$TMP/chain.toml"
+start campbell env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Campbell -c "$TMP/chain.toml"
+# The links are up once a record sent to one end is known at the other.
+bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 15 --json >/dev/null
+
+ab "middle of a chain of three (links up, flooding both ways) vs echo" \
+    "$ECHO_ADDR" echo "$BONA_ADDR" herd-mid --conns "$CONNS"
+
+echo
+echo "== propagation over two hops (Bailey -> Bona -> Campbell)"
+bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count "$FLOOD_COUNT"
+bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count "$RATE_COUNT" --rate "$RATE"
+
+echo
+echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"

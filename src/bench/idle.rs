@@ -1,0 +1,192 @@
+//! `herd bench idle`: the server's memory per idle client connection.
+//!
+//! Reads the server's resident set size (`VmRSS` of `--pid`), opens `--conns` connections
+//! that send nothing, waits `--settle` seconds, reads it again and divides the growth by
+//! the connections. Then it checks that the connections are live, not just queued in the
+//! kernel's backlog of a server that could not accept them: a sample of them, the last one
+//! included, each sends one IAMAT and must get its AT line. Finally it closes them all and
+//! reads the memory once more. Each connection is a file descriptor here too: raise the
+//! limit first (`ulimit -n 65536`) for thousands of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::conn::{Conn, Framing, Kind, POSITION};
+use super::{Output, Stamp, mem, progress, report};
+
+/// How many connections at most the liveness check tries.
+const SAMPLE: usize = 100;
+
+/// How long a sampled connection may take to answer its IAMAT.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Linux's "too many open files" (`EMFILE`, and `ENFILE` for the whole system).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// `herd bench idle`.
+#[derive(Debug, clap::Args)]
+pub struct IdleArgs {
+    /// The server's client address, HOST:PORT.
+    #[arg(long)]
+    pub addr: String,
+    /// Idle connections to hold.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub conns: u32,
+    /// The server's process id, to read its memory from /proc/PID/status.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Seconds to wait, connections open, before reading the memory.
+    #[arg(long, default_value = "1", value_parser = super::parse_secs)]
+    pub settle: Duration,
+    /// Seconds to keep the connections open after the measurement (for a look by hand).
+    #[arg(long, value_parser = super::parse_secs)]
+    pub hold: Option<Duration>,
+    /// How to print the result.
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// The result of `herd bench idle`.
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    /// `"idle"`.
+    pub bench: &'static str,
+    /// The server measured.
+    pub addr: String,
+    /// Its process id, if given.
+    pub pid: Option<u32>,
+    /// Connections held.
+    pub conns: u32,
+    /// The server's VmRSS before, in KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Its VmRSS with the connections open, in KiB.
+    pub rss_open_kib: Option<u64>,
+    /// Its VmRSS after they closed, in KiB.
+    pub rss_closed_kib: Option<u64>,
+    /// Growth per connection, in bytes.
+    pub bytes_per_conn: Option<f64>,
+    /// Connections whose IAMAT was answered with an AT line.
+    pub live: u32,
+    /// Connections tried.
+    pub sampled: u32,
+}
+
+/// Runs `herd bench idle`.
+pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
+    let rss = |pid: Option<u32>| pid.map(mem::vm_rss_kib).transpose();
+    let rss_before_kib = rss(args.pid)?;
+    let opened = Arc::new(AtomicU64::new(0));
+    let ticker = progress::counting(
+        progress::visible(args.output.json),
+        "connect",
+        u64::from(args.conns),
+        Arc::clone(&opened),
+    );
+    let mut conns = Vec::with_capacity(args.conns as usize);
+    for n in 0..args.conns {
+        match Conn::connect(&args.addr).await {
+            Ok(conn) => conns.push(conn),
+            Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => bail!(
+                "cannot open connection {} of {}: {e}; this process may have {} files open: \
+                 raise the limit first (ulimit -n 65536)",
+                n + 1,
+                args.conns,
+                mem::open_files_limit().unwrap_or_else(|| "?".into())
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot open connection {} of {} to {}",
+                        n + 1,
+                        args.conns,
+                        args.addr
+                    )
+                });
+            }
+        }
+        opened.fetch_add(1, Ordering::Relaxed);
+    }
+    ticker.finish();
+    tokio::time::sleep(args.settle).await;
+    let rss_open_kib = rss(args.pid)?;
+
+    let (live, sampled) = check_live(&mut conns).await;
+    if let Some(hold) = args.hold {
+        tokio::time::sleep(hold).await;
+    }
+    drop(conns);
+    if args.pid.is_some() {
+        tokio::time::sleep(args.settle).await;
+    }
+    let rss_closed_kib = rss(args.pid)?;
+    let report = IdleReport {
+        bench: "idle",
+        addr: args.addr.clone(),
+        pid: args.pid,
+        conns: args.conns,
+        rss_before_kib,
+        rss_open_kib,
+        rss_closed_kib,
+        bytes_per_conn: rss_before_kib
+            .zip(rss_open_kib)
+            .map(|(before, open)| mem::bytes_per(before, open, u64::from(args.conns))),
+        live,
+        sampled,
+    };
+    report::emit(args.output.json, &report, || {
+        let memory = match (
+            report.rss_before_kib,
+            report.rss_open_kib,
+            report.bytes_per_conn,
+        ) {
+            (Some(before), Some(open), Some(per)) => format!(
+                "  server VmRSS {before} KiB before, {open} KiB with the connections open, \
+                 {} KiB after they closed\n  {per:.0} bytes per idle connection\n",
+                report.rss_closed_kib.unwrap_or_default()
+            ),
+            _ => "  (no --pid: memory not measured)\n".to_owned(),
+        };
+        format!(
+            "idle {}: {} connections held\n{memory}  live: {} of {} sampled answered an IAMAT\n",
+            report.addr, report.conns, report.live, report.sampled
+        )
+    })?;
+    if live < sampled {
+        bail!(
+            "{} of {sampled} sampled connections did not answer: the server did not accept them all",
+            sampled - live
+        );
+    }
+    Ok(())
+}
+
+/// Sends one IAMAT on an evenly spread sample of the connections (the last one included)
+/// and counts the AT answers.
+async fn check_live(conns: &mut [Conn]) -> (u32, u32) {
+    let step = conns.len().div_ceil(SAMPLE).max(1);
+    let last = conns.len().saturating_sub(1);
+    let tag = super::run_tag();
+    let (mut live, mut sampled) = (0, 0);
+    for (n, conn) in conns.iter_mut().enumerate() {
+        if n % step != 0 && n != last {
+            continue;
+        }
+        sampled += 1;
+        conn.push_iamat(format_args!("i{tag}-{n}"), POSITION, Stamp::now());
+        let mut kind = Kind::Other;
+        let answered = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            conn.exchange(1, Framing::Line, |answer| kind = answer.kind),
+        )
+        .await;
+        if matches!(answered, Ok(Ok(()))) && kind == Kind::At {
+            live += 1;
+        }
+    }
+    (live, sampled)
+}

@@ -1,0 +1,248 @@
+//! Smoke tests of `herd bench`: each subcommand runs, briefly and lightly, against the echo
+//! reference or a real `herd run` node, and its `--json` result must make sense (answers
+//! counted, no errors, percentiles in order). No timing is asserted: these only fail when
+//! the tool is broken.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+/// A child process, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+/// Starts `herd ARGS` and returns it with the address of its first `... listening on ADDR`
+/// line.
+fn start(args: &[&str], dir: &Path) -> (Running, String) {
+    let mut child = Running(
+        Command::new(HERD)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("GOOGLE_PLACES_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Starts a one-server herd (Clark on a free port) whose places URL is `places_url`.
+fn start_clark(dir: &Path, places_url: &str, key: Option<&str>) -> (Running, String) {
+    let config = format!(
+        "[places]\nurl = \"{places_url}\"\ntimeout_ms = 3000\ncache_ttl_s = 0\n\n\
+         [log]\ndir = \"{}\"\n\n[[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n",
+        dir.join("logs").display()
+    );
+    std::fs::write(dir.join("herd.toml"), config).unwrap();
+    let mut command = Command::new(HERD);
+    command
+        .args(["run", "Clark", "-c", "herd.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    match key {
+        Some(key) => command.env("GOOGLE_PLACES_API_KEY", key),
+        None => command.env_remove("GOOGLE_PLACES_API_KEY"),
+    };
+    let mut child = Running(command.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Runs `herd bench ARGS --json`, which must succeed, and parses its one JSON line.
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(HERD)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herd bench {args:?} failed: {stderr}{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON line expected: {stdout}"
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn number(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {value}"))
+}
+
+/// Counted answers, no errors, and ordered percentiles.
+fn assert_sound_load(load: &Value) {
+    assert!(number(load, "count") > 0, "{load}");
+    assert_eq!(number(load, "errors"), 0, "{load}");
+    assert!(load["throughput_rps"].as_f64().unwrap() > 0.0, "{load}");
+    assert_sound_latency(&load["latency_us"]);
+}
+
+fn assert_sound_latency(latency: &Value) {
+    let p: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|key| number(latency, key))
+        .collect();
+    assert!(p[0] > 0, "{latency}");
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "{latency}");
+}
+
+#[test]
+fn iamat_load_against_the_echo_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, addr) = start(
+        &["bench", "echo-server", "--addr", "127.0.0.1:0"],
+        dir.path(),
+    );
+    let result = bench(&["iamat", "--addr", &addr, "--conns", "2", "--duration", "1"]);
+    assert_eq!(result["bench"], "iamat");
+    assert_eq!(result["conns"], 2);
+    assert_sound_load(&result);
+    assert_eq!(number(&result, "failed_conns"), 0);
+
+    let pipelined = bench(&[
+        "iamat",
+        "--addr",
+        &addr,
+        "--conns",
+        "1",
+        "--duration",
+        "0.3",
+        "--pipeline",
+        "16",
+    ]);
+    assert_sound_load(&pipelined);
+}
+
+#[test]
+fn iamat_load_flood_idle_and_records_against_a_herd_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = start_clark(dir.path(), "http://127.0.0.1:9/nearby", None);
+    let pid = server.pid();
+
+    let load = bench(&["iamat", "--addr", &addr, "--conns", "2", "--duration", "1"]);
+    assert_sound_load(&load);
+
+    // One server is its own watcher: every record is known there once acknowledged.
+    let burst = bench(&[
+        "flood", "--send", &addr, "--watch", &addr, "--count", "300", "--batch", "50",
+    ]);
+    assert_eq!(burst["mode"], "burst");
+    assert_eq!(number(&burst, "acked"), 300, "{burst}");
+    assert_eq!(number(&burst, "known"), 300, "{burst}");
+    assert_eq!(number(&burst, "missing"), 0, "{burst}");
+
+    let rate = bench(&[
+        "flood", "--send", &addr, "--watch", &addr, "--count", "20", "--rate", "200",
+    ]);
+    assert_eq!(rate["mode"], "rate");
+    assert_eq!(number(&rate, "known"), 20, "{rate}");
+    assert_eq!(number(&rate, "lost"), 0, "{rate}");
+    assert_sound_latency(&rate["propagation_us"]);
+
+    let idle = bench(&[
+        "idle", "--addr", &addr, "--conns", "50", "--pid", &pid, "--settle", "0.1",
+    ]);
+    assert_eq!(number(&idle, "sampled"), number(&idle, "live"), "{idle}");
+    assert!(idle["bytes_per_conn"].is_number(), "{idle}");
+
+    let records = bench(&[
+        "records", "--addr", &addr, "--count", "2000", "--pid", &pid, "--settle", "0.1",
+    ]);
+    assert_eq!(number(&records, "acked"), 2000, "{records}");
+    assert_eq!(number(&records, "errors"), 0, "{records}");
+    assert!(records["bytes_per_record"].is_number(), "{records}");
+}
+
+#[test]
+fn whatsat_load_measures_the_herd_against_its_own_places_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port for the tool's places server, known before the herd server starts.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let places_addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let url = format!("http://{places_addr}/nearbysearch/json");
+    let (_server, addr) = start_clark(dir.path(), &url, Some("bench-key"));
+
+    let result = bench(&[
+        "whatsat",
+        "--addr",
+        &addr,
+        "--places-addr",
+        &places_addr,
+        "--conns",
+        "2",
+        "--duration",
+        "0.5",
+    ]);
+    assert_eq!(result["places_url"], url.as_str());
+    assert_sound_load(&result["direct"]);
+    assert_sound_load(&result["herd"]);
+    assert_eq!(number(&result, "places_errors"), 0, "{result}");
+    assert_eq!(result["calls_per_whatsat"].as_f64(), Some(1.0), "{result}");
+}
+
+#[test]
+fn whatsat_says_how_to_start_a_server_that_does_not_call_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_clark(dir.path(), "http://127.0.0.1:9/nearby", None);
+    let out = Command::new(HERD)
+        .args([
+            "bench",
+            "whatsat",
+            "--addr",
+            &addr,
+            "--places-addr",
+            "127.0.0.1:0",
+            "--duration",
+            "0.2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HERD_PLACES__URL=http://127.0.0.1:"),
+        "{stderr}"
+    );
+}
