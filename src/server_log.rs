@@ -3,7 +3,7 @@
 //!
 //! Logging sits on the per-line hot path, so the caller only timestamps the event and hands
 //! it over (the line itself is a shared `Bytes`, not a copy); a thread of the log's own
-//! formats and writes it through a buffer, flushing whenever it has caught up. The hand-over
+//! formats and writes it through a buffer, every few milliseconds, flushing each time. The hand-over
 //! queue is bounded: if the disk cannot keep up, events are counted and dropped rather than
 //! held in memory, and the file says how many were lost.
 
@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -21,6 +21,10 @@ use bytes::Bytes;
 
 /// How many events may wait for the log thread before new ones are dropped.
 const LOG_QUEUE_EVENTS: usize = 64 * 1024;
+
+/// How long the log thread sleeps after writing out what was queued: the most a logged
+/// line waits before it reaches the file.
+const LOG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A handle to a server's log file; cheap to clone, one per actor that logs.
 #[derive(Clone, Debug)]
@@ -111,18 +115,21 @@ impl LogWriter {
 fn write_events(rx: Receiver<Event>, mut out: BufWriter<File>, dropped: &AtomicU64) {
     let mut text = String::new();
     let mut reported_drops = 0;
-    while let Ok(mut event) = rx.recv() {
+    loop {
+        // Drain what is queued, then sleep: a thread blocked in `recv` would be woken by
+        // nearly every event, and those wake-ups cost the server more than the writing.
         loop {
-            if matches!(event, Event::Close) {
-                let _ = out.flush();
-                return;
-            }
-            text.clear();
-            format_event(&event, &mut text);
-            let _ = out.write_all(text.as_bytes());
             match rx.try_recv() {
-                Ok(next) => event = next,
-                Err(_) => break,
+                Ok(Event::Close) | Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+                Ok(event) => {
+                    text.clear();
+                    format_event(&event, &mut text);
+                    let _ = out.write_all(text.as_bytes());
+                }
+                Err(TryRecvError::Empty) => break,
             }
         }
         let drops = dropped.load(Ordering::Relaxed);
@@ -136,8 +143,8 @@ fn write_events(rx: Receiver<Event>, mut out: BufWriter<File>, dropped: &AtomicU
             reported_drops = drops;
         }
         let _ = out.flush();
+        std::thread::sleep(LOG_POLL_INTERVAL);
     }
-    let _ = out.flush();
 }
 
 fn format_event(event: &Event, text: &mut String) {
