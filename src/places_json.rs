@@ -29,16 +29,12 @@ pub enum BadAnswer {
 /// Checks that `json` is a JSON object and cuts its top-level `results` array to at most
 /// `bound` elements, keeping every other byte as it was.
 pub fn cut_results(json: &str, bound: usize) -> Result<Cow<'_, str>, BadAnswer> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|_| BadAnswer::NotJson)?;
-    let Some(results) = value.get("results").and_then(|r| r.as_array()) else {
-        return if value.is_object() {
-            Ok(Cow::Borrowed(json))
-        } else {
-            Err(BadAnswer::NotAnObject)
-        };
-    };
-    if results.len() <= bound {
-        return Ok(Cow::Borrowed(json));
+    // Checked without building a tree: this runs on every WHATSAT, on bodies of ~20 KB.
+    if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+        return Err(BadAnswer::NotJson);
+    }
+    if !json.trim_start().starts_with('{') {
+        return Err(BadAnswer::NotAnObject);
     }
     match results_cut_span(json, bound) {
         Some((start, end)) => Ok(Cow::Owned(format!("{}{}", &json[..start], &json[end..]))),
