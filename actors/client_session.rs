@@ -18,12 +18,15 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
 use log::debug;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
@@ -390,27 +393,32 @@ impl Handler<Drain> for ClientSession {
 }
 
 /// Reads the socket until it ends, handing the session each batch of lines.
-async fn read_lines(half: OwnedReadHalf, session: Addr<ClientSession>, max_line_bytes: usize) {
+async fn read_lines(mut half: OwnedReadHalf, session: Addr<ClientSession>, max_line_bytes: usize) {
     let mut splitter = LineSplitter::new(max_line_bytes);
     loop {
         let mut lines = Vec::new();
-        let ended = match half.readable().await {
-            Err(_) => true,
-            Ok(()) => READ_BUFFER.with(|buffer| {
+        // `poll_read` rather than `readable` + `try_read`: after a short read it knows the
+        // socket is drained and waits, where `try_read` would need one more system call
+        // (answered "would block") per read to learn it.
+        let read = std::future::poll_fn(|cx| {
+            READ_BUFFER.with(|buffer| {
                 let mut buffer = buffer.borrow_mut();
-                match half.try_read(&mut buffer) {
-                    Ok(0) => {
+                let mut filled = ReadBuf::new(&mut buffer);
+                match Pin::new(&mut half).poll_read(cx, &mut filled) {
+                    Poll::Ready(Ok(())) if filled.filled().is_empty() => {
                         splitter.finish(&mut lines);
-                        true
+                        Poll::Ready(true)
                     }
-                    Ok(n) => {
-                        splitter.push(&buffer[..n], &mut lines);
-                        false
+                    Poll::Ready(Ok(())) => {
+                        splitter.push(filled.filled(), &mut lines);
+                        Poll::Ready(false)
                     }
-                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                    Poll::Ready(Err(_)) => Poll::Ready(true),
+                    Poll::Pending => Poll::Pending,
                 }
-            }),
-        };
+            })
+        });
+        let ended = read.await;
         if !lines.is_empty() {
             let received = Nanos::now();
             if session.send(Lines { received, lines }).await.is_err() {
