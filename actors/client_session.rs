@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -175,22 +175,31 @@ impl ClientSession {
             Command::At(record) if self.peer.is_some() => {
                 let from = self.peer.clone();
                 let stored = self.services.store.send(Store { record, from });
-                ctx.spawn(stored.into_actor(self).map(move |_, act, ctx| {
-                    act.fill(slot, Bytes::new());
-                    act.flush(ctx);
-                }));
+                // No answer to a record; the slot keeps its place until it is stored.
+                self.answer_later(
+                    slot,
+                    async move {
+                        let _ = stored.await;
+                        Bytes::new()
+                    },
+                    ctx,
+                );
             }
             Command::Iamat(iamat) => {
                 let record = protocol::Record::from_iamat(&self.settings.server, &iamat, received);
                 let answer = Bytes::from(protocol::at_answer(&record));
                 let stored = self.services.store.send(Store { record, from: None });
-                ctx.spawn(stored.into_actor(self).map(move |outcome, act, ctx| {
-                    if let Err(e) = outcome {
-                        log::error!(target: LOG_TARGET, "conn {}: the store is gone: {e}", act.conn);
-                    }
-                    act.fill(slot, answer);
-                    act.flush(ctx);
-                }));
+                let conn = self.conn;
+                self.answer_later(
+                    slot,
+                    async move {
+                        if let Err(e) = stored.await {
+                            log::error!(target: LOG_TARGET, "conn {conn}: the store is gone: {e}");
+                        }
+                        answer
+                    },
+                    ctx,
+                );
             }
             Command::Whatsat(whatsat) => {
                 let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
@@ -218,10 +227,7 @@ impl ClientSession {
                     };
                     protocol::whatsat_answer(&record, &json)
                 };
-                ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
-                    act.fill(slot, answer.into());
-                    act.flush(ctx);
-                }));
+                self.answer_later(slot, async move { Bytes::from(answer.await) }, ctx);
             }
             // A second hello, a hello from a stranger, or a record on a connection that did
             // not say hello: invalid, and nothing changes.
@@ -229,6 +235,19 @@ impl ClientSession {
                 self.fill(slot, protocol::invalid_answer(&bytes).into());
             }
         }
+    }
+
+    /// Fills line `slot` with what `answer` gives once it is ready, and sends what is due.
+    fn answer_later(
+        &mut self,
+        slot: u64,
+        answer: impl Future<Output = Bytes> + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
+            act.fill(slot, answer);
+            act.flush(ctx);
+        }));
     }
 
     /// Records the answer of line `slot`, and moves every answer now due into `out`.
