@@ -284,12 +284,9 @@ impl Handler<NearbySearch> for PlacesProxy {
     }
 }
 
-/// Cuts a whole answer to a WHATSAT's bound. The answer was checked when it came, so the
-/// cut cannot fail; if it did, the whole answer is better than none.
+/// Cuts a whole answer (checked when it came, or made here) to a WHATSAT's bound.
 fn cut(json: &str, bound: usize) -> String {
-    places_json::cut_results(json, bound)
-        .map(|cut| cut.into_owned())
-        .unwrap_or_else(|_| json.to_owned())
+    places_json::cut_checked(json, bound).into_owned()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, for a query value.
@@ -524,7 +521,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_search_waiting_for_a_slot_still_answers_within_the_timeout() {
+    async fn a_search_waiting_for_a_slot_held_by_a_stuck_call_is_answered_with_an_error() {
         let slow = Reply::After(
             Duration::from_secs(5),
             Box::new(Reply::Json(200, LEGACY_OK.into())),
@@ -540,14 +537,12 @@ mod tests {
             places.send(search_at(2.0, 1)),
         )
         .await;
+        // The cap itself is checked by `no_more_calls_than_the_cap_are_under_way_at_once`;
+        // the server's own count cannot tell here, as it keeps holding the first call after
+        // the proxy gave up on it.
         for answer in [first.unwrap(), second.unwrap()] {
             assert_eq!(json(&answer)["status"], UNKNOWN_ERROR);
         }
-        assert_eq!(
-            server.most_at_once(),
-            1,
-            "the second waited for the first's slot"
-        );
     }
 
     #[actix_rt::test]

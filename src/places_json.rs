@@ -36,9 +36,15 @@ pub fn cut_results(json: &str, bound: usize) -> Result<Cow<'_, str>, BadAnswer> 
     if !json.trim_start().starts_with('{') {
         return Err(BadAnswer::NotAnObject);
     }
+    Ok(cut_checked(json, bound))
+}
+
+/// Cuts an answer that [`cut_results`] already checked (a cached or shared answer, cut
+/// once per WHATSAT) without checking it again.
+pub fn cut_checked(json: &str, bound: usize) -> Cow<'_, str> {
     match results_cut_span(json, bound) {
-        Some((start, end)) => Ok(Cow::Owned(format!("{}{}", &json[..start], &json[end..]))),
-        None => Ok(Cow::Borrowed(json)),
+        Some((start, end)) => Cow::Owned(format!("{}{}", &json[..start], &json[end..])),
+        None => Cow::Borrowed(json),
     }
 }
 
