@@ -1,7 +1,7 @@
 //! The `ClientSession` actor: one per client TCP connection.
 //!
-//! A reader task cuts the socket's bytes into lines ([`crate::line`]) and hands them over in
-//! batches ([`Lines`]); the session parses each line ([`crate::protocol`]), asks the store or
+//! The session reads its socket itself (a [`ReadLoop`] polled in its own context) and cuts
+//! the bytes into lines ([`crate::line`]); it parses each line ([`crate::protocol`]), asks the store or
 //! the places proxy when the answer needs them, and writes answers in the order of the lines,
 //! even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
 //! when its answer is known, and the filled slots at the front go to the socket together.
@@ -21,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,8 +29,6 @@ use log::debug;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use super::location_store::{Lookup, Store};
 use super::places_proxy::{NearbySearch, PlacesAnswer};
@@ -97,10 +95,10 @@ pub struct ClientSession {
     out: BytesMut,
     /// Whether a future is already waiting for the socket to take more.
     awaiting_writable: bool,
-    /// The task reading the socket; stopped with the session.
-    reader: Option<JoinHandle<()>>,
-    /// The reader, paused because too many answers are owed, waits on this.
-    room: Option<oneshot::Sender<()>>,
+    /// The loop reading the socket, until the client's last line or a drain.
+    reader: Option<SpawnHandle>,
+    /// Wakes the reader, paused because too many answers are owed.
+    room: Option<Waker>,
     /// The client sent its last line (or the server is shutting down): finish and close.
     read_closed: bool,
     /// The neighbor at the other end, once it said hello: the connection then carries its
@@ -118,11 +116,11 @@ impl ClientSession {
     ) -> Addr<ClientSession> {
         let (read_half, write_half) = stream.into_split();
         ClientSession::create(move |ctx| {
-            let reader = actix_rt::spawn(read_lines(
-                read_half,
-                ctx.address(),
-                settings.max_line_bytes,
-            ));
+            let reader = ctx.spawn(ReadLoop {
+                half: read_half,
+                splitter: LineSplitter::new(settings.max_line_bytes),
+                lines: Vec::new(),
+            });
             ClientSession {
                 conn,
                 settings,
@@ -268,7 +266,7 @@ impl ClientSession {
         if self.slots.len() < MAX_PENDING_ANSWERS / 2
             && let Some(room) = self.room.take()
         {
-            let _ = room.send(());
+            room.wake();
         }
     }
 
@@ -335,62 +333,12 @@ impl Actor for ClientSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-        }
         if let Some(neighbor) = &self.peer {
             let note = format!("link from {neighbor} closed");
             self.settings.log.note(Some(self.conn), note);
         }
         self.settings.log.note(Some(self.conn), "closed");
         debug!(target: LOG_TARGET, "conn {}: closed", self.conn);
-    }
-}
-
-/// Lines the reader cut from the socket, all received at `received`.
-///
-/// The reader waits for this message's answer before reading on, which is how a session
-/// that owes too many answers stops its reader.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Lines {
-    /// When the bytes were read: the receive time of every IAMAT among them.
-    pub received: Nanos,
-    /// The lines, in order.
-    pub lines: Vec<Line>,
-}
-
-impl Handler<Lines> for ClientSession {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, msg: Lines, ctx: &mut Context<Self>) -> Self::Result {
-        debug!(target: LOG_TARGET, "conn {}: Lines ({})", self.conn, msg.lines.len());
-        for line in msg.lines {
-            self.take_line(line, msg.received, ctx);
-        }
-        self.flush(ctx);
-        if self.slots.len() < MAX_PENDING_ANSWERS {
-            return Box::pin(async {});
-        }
-        let (room, wait) = oneshot::channel();
-        self.room = Some(room);
-        Box::pin(async move {
-            let _ = wait.await;
-        })
-    }
-}
-
-/// The client will send no more lines (it half-closed, or its connection failed).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ReadClosed;
-
-impl Handler<ReadClosed> for ClientSession {
-    type Result = ();
-
-    fn handle(&mut self, _: ReadClosed, ctx: &mut Context<Self>) {
-        debug!(target: LOG_TARGET, "conn {}: ReadClosed", self.conn);
-        self.close_reading(ctx);
     }
 }
 
@@ -405,50 +353,78 @@ impl Handler<Drain> for ClientSession {
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
         debug!(target: LOG_TARGET, "conn {}: Drain", self.conn);
         if let Some(reader) = self.reader.take() {
-            reader.abort();
+            ctx.cancel_future(reader);
         }
         self.close_reading(ctx);
     }
 }
 
-/// Reads the socket until it ends, handing the session each batch of lines.
-async fn read_lines(mut half: OwnedReadHalf, session: Addr<ClientSession>, max_line_bytes: usize) {
-    let mut splitter = LineSplitter::new(max_line_bytes);
-    loop {
-        let mut lines = Vec::new();
-        // `poll_read` rather than `readable` + `try_read`: after a short read it knows the
-        // socket is drained and waits, where `try_read` would need one more system call
-        // (answered "would block") per read to learn it.
-        let read = std::future::poll_fn(|cx| {
-            READ_BUFFER.with(|buffer| {
+/// The socket's reading side, polled inside the session's own context: lines reach the
+/// session without a message or a task switch per read, and the session pauses it simply by
+/// owing too many answers.
+struct ReadLoop {
+    half: OwnedReadHalf,
+    splitter: LineSplitter,
+    /// The lines of the read in hand; kept to reuse its allocation.
+    lines: Vec<Line>,
+}
+
+/// Reads taken in one turn before the loop lets the other connections have theirs.
+const READS_PER_TURN: usize = 4;
+
+impl ActorFuture<ClientSession> for ReadLoop {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        session: &mut ClientSession,
+        ctx: &mut Context<ClientSession>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..READS_PER_TURN {
+            if session.slots.len() >= MAX_PENDING_ANSWERS {
+                session.room = Some(task.waker().clone());
+                return Poll::Pending;
+            }
+            // `poll_read` rather than `readable` + `try_read`: after a short read it knows
+            // the socket is drained and waits, where `try_read` would need one more system
+            // call (answered "would block") per read to learn it.
+            let ended = READ_BUFFER.with(|buffer| {
                 let mut buffer = buffer.borrow_mut();
                 let mut filled = ReadBuf::new(&mut buffer);
-                match Pin::new(&mut half).poll_read(cx, &mut filled) {
+                match Pin::new(&mut this.half).poll_read(task, &mut filled) {
                     Poll::Ready(Ok(())) if filled.filled().is_empty() => {
-                        splitter.finish(&mut lines);
+                        this.splitter.finish(&mut this.lines);
                         Poll::Ready(true)
                     }
                     Poll::Ready(Ok(())) => {
-                        splitter.push(filled.filled(), &mut lines);
+                        this.splitter.push(filled.filled(), &mut this.lines);
                         Poll::Ready(false)
                     }
                     Poll::Ready(Err(_)) => Poll::Ready(true),
                     Poll::Pending => Poll::Pending,
                 }
-            })
-        });
-        let ended = read.await;
-        if !lines.is_empty() {
-            let received = Nanos::now();
-            if session.send(Lines { received, lines }).await.is_err() {
-                return;
+            });
+            let Poll::Ready(ended) = ended else {
+                return Poll::Pending;
+            };
+            if !this.lines.is_empty() {
+                let received = Nanos::now();
+                for line in this.lines.drain(..) {
+                    session.take_line(line, received, ctx);
+                }
+                session.flush(ctx);
+            }
+            if ended {
+                session.reader = None;
+                session.close_reading(ctx);
+                return Poll::Ready(());
             }
         }
-        if ended {
-            break;
-        }
+        task.waker().wake_by_ref();
+        Poll::Pending
     }
-    session.do_send(ReadClosed);
 }
 
 #[cfg(test)]
