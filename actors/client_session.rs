@@ -34,7 +34,7 @@ use super::location_store::{Lookup, Store};
 use super::places_proxy::{NearbySearch, PlacesAnswer};
 use crate::line::{Line, LineSplitter};
 use crate::places_json::{self, UNKNOWN_ERROR};
-use crate::protocol::{self, Command, Nanos};
+use crate::protocol::{self, Command, Nanos, Record};
 use crate::server_log::ServerLog;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::client_session=debug`.
@@ -104,6 +104,12 @@ pub struct ClientSession {
     /// The neighbor at the other end, once it said hello: the connection then carries its
     /// records.
     peer: Option<Arc<str>>,
+    /// Records of the lines taken since the last offer to the store: they go in one
+    /// [`Store`] per read (or before the next lookup, which must see them).
+    unstored: Vec<Record>,
+    /// The answer slots those records hold, with their answers (empty for a neighbor's
+    /// record), given once the store took them.
+    unstored_answers: Vec<(u64, Bytes)>,
 }
 
 impl ClientSession {
@@ -134,6 +140,8 @@ impl ClientSession {
                 room: None,
                 read_closed: false,
                 peer: None,
+                unstored: Vec::new(),
+                unstored_answers: Vec::new(),
             }
         })
     }
@@ -171,35 +179,19 @@ impl ClientSession {
                 }
             }
             Command::At(record) if self.peer.is_some() => {
-                let from = self.peer.clone();
-                let stored = self.services.store.send(Store { record, from });
                 // No answer to a record; the slot keeps its place until it is stored.
-                self.answer_later(
-                    slot,
-                    async move {
-                        let _ = stored.await;
-                        Bytes::new()
-                    },
-                    ctx,
-                );
+                self.unstored.push(record);
+                self.unstored_answers.push((slot, Bytes::new()));
             }
             Command::Iamat(iamat) => {
-                let record = protocol::Record::from_iamat(&self.settings.server, &iamat, received);
+                let record = Record::from_iamat(&self.settings.server, &iamat, received);
                 let answer = Bytes::from(protocol::at_answer(&record));
-                let stored = self.services.store.send(Store { record, from: None });
-                let conn = self.conn;
-                self.answer_later(
-                    slot,
-                    async move {
-                        if let Err(e) = stored.await {
-                            log::error!(target: LOG_TARGET, "conn {conn}: the store is gone: {e}");
-                        }
-                        answer
-                    },
-                    ctx,
-                );
+                self.unstored.push(record);
+                self.unstored_answers.push((slot, answer));
             }
             Command::Whatsat(whatsat) => {
+                // The lookup must see the records of the lines before it.
+                self.offer_records(ctx);
                 let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
                 let places = self.services.places.clone();
                 let (radius, bound) = (whatsat.radius, whatsat.bound);
@@ -233,6 +225,32 @@ impl ClientSession {
                 self.fill(slot, protocol::invalid_answer(&bytes).into());
             }
         }
+    }
+
+    /// Offers the records taken since the last offer to the store, in one message; their
+    /// answers are due once it took them (and with them, the links: flood before reply).
+    fn offer_records(&mut self, ctx: &mut Context<Self>) {
+        if self.unstored.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.unstored);
+        let answers = std::mem::take(&mut self.unstored_answers);
+        let stored = self.services.store.send(Store {
+            records,
+            from: self.peer.clone(),
+        });
+        let conn = self.conn;
+        let stored = async move {
+            if let Err(e) = stored.await {
+                log::error!(target: LOG_TARGET, "conn {conn}: the store is gone: {e}");
+            }
+        };
+        ctx.spawn(stored.into_actor(self).map(move |(), act, ctx| {
+            for (slot, answer) in answers {
+                act.fill(slot, answer);
+            }
+            act.flush(ctx);
+        }));
     }
 
     /// Fills line `slot` with what `answer` gives once it is ready, and sends what is due.
@@ -414,6 +432,7 @@ impl ActorFuture<ClientSession> for ReadLoop {
                 for line in this.lines.drain(..) {
                     session.take_line(line, received, ctx);
                 }
+                session.offer_records(ctx);
                 session.flush(ctx);
             }
             if ended {
@@ -430,29 +449,27 @@ impl ActorFuture<ClientSession> for ReadLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::location_store::StoreOutcome;
     use crate::protocol::Record;
     use std::sync::Mutex;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::watch;
 
-    /// A store that answers lookups from a fixed record and remembers what it was offered.
+    /// A store that answers lookups from a fixed record and remembers what it was offered,
+    /// one list of lines per message.
     struct FakeStore {
-        offered: Arc<Mutex<Vec<String>>>,
+        offered: Arc<Mutex<Vec<Vec<String>>>>,
         known: Option<Record>,
     }
     impl Actor for FakeStore {
         type Context = Context<Self>;
     }
     impl Handler<Store> for FakeStore {
-        type Result = StoreOutcome;
-        fn handle(&mut self, msg: Store, _: &mut Context<Self>) -> StoreOutcome {
-            self.offered
-                .lock()
-                .unwrap()
-                .push(msg.record.line().to_owned());
-            StoreOutcome::Stored
+        type Result = usize;
+        fn handle(&mut self, msg: Store, _: &mut Context<Self>) -> usize {
+            let lines = msg.records.iter().map(|r| r.line().to_owned()).collect();
+            self.offered.lock().unwrap().push(lines);
+            msg.records.len()
         }
     }
     impl Handler<Lookup> for FakeStore {
@@ -488,7 +505,7 @@ mod tests {
 
     struct Harness {
         client: TcpStream,
-        offered: Arc<Mutex<Vec<String>>>,
+        offered: Arc<Mutex<Vec<Vec<String>>>>,
         searches: Arc<Mutex<Vec<NearbySearch>>>,
         gate: watch::Sender<bool>,
     }
@@ -554,7 +571,7 @@ mod tests {
     async fn iamat_is_offered_to_the_store_and_answered_with_its_at_line() {
         let mut h = session(true).await;
         let out = exchange(&mut h.client, b"IAMAT pear +1.5-2 1700000000.5\n").await;
-        let offered = h.offered.lock().unwrap().clone();
+        let offered = h.offered.lock().unwrap().concat();
         assert_eq!(offered.len(), 1);
         assert_eq!(out, format!("{}\n", offered[0]));
         assert!(out.starts_with("AT Clark +"), "{out}");
@@ -618,7 +635,7 @@ mod tests {
         // Before the hello a record is invalid; after it records get no answer; a second
         // hello is invalid; a last record cut short by the end of the stream is dropped.
         assert_eq!(out, "? AT Bona +0.000000000 z +1+1 1\n? PEER Bona\n");
-        let offered = h.offered.lock().unwrap().clone();
+        let offered = h.offered.lock().unwrap().concat();
         assert_eq!(
             offered,
             [
@@ -626,6 +643,43 @@ mod tests {
                 "AT Bona +0.000000000 b +1+1 2"
             ]
         );
+    }
+
+    #[actix_rt::test]
+    async fn the_records_of_one_read_go_to_the_store_in_one_message() {
+        let mut h = session(true).await;
+        let records: String = (0..100)
+            .map(|i| format!("AT Bona +0.000000000 c{i} +1+1 {i}\n"))
+            .collect();
+        // One write of about 4 KiB: the session takes it in one read (or very few).
+        let out = exchange(&mut h.client, format!("PEER Bona\n{records}").as_bytes()).await;
+        assert_eq!(out, "");
+        let offered = h.offered.lock().unwrap().clone();
+        assert_eq!(offered.concat().len(), 100);
+        assert!(
+            offered.len() <= 3,
+            "{} messages for 100 records",
+            offered.len()
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_lookup_sees_the_iamats_before_it_in_the_same_read() {
+        let mut h = session(true).await;
+        // The fake store knows only kiwi; what matters is the order of the messages.
+        let out = exchange(
+            &mut h.client,
+            b"IAMAT a +1+1 1\nIAMAT b +1+1 1\nWHATSAT kiwi 1 1\nIAMAT c +1+1 1\n",
+        )
+        .await;
+        assert!(out.contains(&format!(" b +1+1 1\n{KIWI}\n")), "{out}");
+        assert!(out.ends_with(" c +1+1 1\n"), "{out}");
+        let offered = h.offered.lock().unwrap().clone();
+        let clients: Vec<Vec<&str>> = offered
+            .iter()
+            .map(|batch| batch.iter().map(|l| l.split(' ').nth(3).unwrap()).collect())
+            .collect();
+        assert_eq!(clients, [vec!["a", "b"], vec!["c"]]);
     }
 
     #[actix_rt::test]

@@ -36,23 +36,18 @@ impl Actor for LocationStore {
     type Context = Context<Self>;
 }
 
-/// Offer a record; it is stored if it supersedes the one held for its client.
+/// Offer records, in order; each is stored if it supersedes the one held for its client.
+/// The answer is how many were stored.
+///
+/// A session offers all the records of one read in one message: a neighbor's link
+/// carries hundreds per read, and one message each would cost more than storing them.
 #[derive(Message, Debug)]
-#[rtype(result = "StoreOutcome")]
+#[rtype(result = "usize")]
 pub struct Store {
-    /// The record.
-    pub record: Record,
-    /// The neighbor it came from, which is not sent it back; `None` for a client's IAMAT.
+    /// The records.
+    pub records: Vec<Record>,
+    /// The neighbor they came from, which is not sent them back; `None` for clients' IAMATs.
     pub from: Option<Arc<str>>,
-}
-
-/// What became of a [`Store`].
-#[derive(MessageResponse, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    /// The record is now the client's latest.
-    Stored,
-    /// The store already held this record or a newer one; nothing changed.
-    Kept,
 }
 
 /// The latest record of a client, if any.
@@ -60,14 +55,14 @@ pub enum StoreOutcome {
 #[rtype(result = "Option<Record>")]
 pub struct Lookup(pub Box<str>);
 
-/// Published to every subscriber when a record is stored. Handling it means the record
-/// has been handed to the neighbor (or queued for it).
+/// Published to every subscriber when records are stored. Handling it means the records
+/// have been handed to the neighbor (or queued for it).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct Stored {
-    /// The record now held.
-    pub record: Record,
-    /// The neighbor it came from, if any.
+    /// The records now held, in the order they were stored.
+    pub records: Arc<[Record]>,
+    /// The neighbor they came from, if any.
     pub from: Option<Arc<str>>,
 }
 
@@ -81,10 +76,9 @@ pub struct Snapshot;
 #[rtype(result = "()")]
 pub struct Subscribe(pub Recipient<Stored>);
 
-impl Handler<Store> for LocationStore {
-    type Result = ResponseFuture<StoreOutcome>;
-
-    fn handle(&mut self, Store { record, from }: Store, _: &mut Context<Self>) -> Self::Result {
+impl LocationStore {
+    /// Stores `record` if it supersedes the one held for its client; returns it if so.
+    fn offer(&mut self, record: Record) -> Option<&Record> {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(record.client());
         let entry = self.records.entry(
@@ -92,30 +86,51 @@ impl Handler<Store> for LocationStore {
             |held| held.client() == record.client(),
             |held| hasher.hash_one(held.client()),
         );
-        let outcome = match entry {
-            Entry::Occupied(held) if !record.supersedes(held.get()) => StoreOutcome::Kept,
-            Entry::Occupied(mut held) => {
-                *held.get_mut() = record.clone();
-                StoreOutcome::Stored
+        match entry {
+            Entry::Occupied(held) if !record.supersedes(held.get()) => None,
+            Entry::Occupied(held) => {
+                let held = held.into_mut();
+                *held = record;
+                Some(held)
             }
-            Entry::Vacant(empty) => {
-                empty.insert(record.clone());
-                StoreOutcome::Stored
-            }
-        };
-        debug!(target: LOG_TARGET, "Store {:?} from {from:?}: {outcome:?}", record.line());
-        if outcome == StoreOutcome::Kept || self.subscribers.is_empty() {
-            return Box::pin(async move { outcome });
+            Entry::Vacant(empty) => Some(empty.insert(record).into_mut()),
         }
+    }
+}
+
+impl Handler<Store> for LocationStore {
+    /// A reply at once when no link has to take the records (no task, no allocation), a
+    /// future otherwise.
+    type Result = Response<usize>;
+
+    fn handle(&mut self, Store { records, from }: Store, _: &mut Context<Self>) -> Self::Result {
+        let publish = !self.subscribers.is_empty();
+        let offered = records.len();
+        let mut count = 0;
+        let mut stored = Vec::new();
+        for record in records {
+            debug!(target: LOG_TARGET, "Store {:?} from {from:?}", record.line());
+            if let Some(record) = self.offer(record) {
+                count += 1;
+                if publish {
+                    stored.push(record.clone());
+                }
+            }
+        }
+        debug!(target: LOG_TARGET, "Store: {count} of {offered} stored");
+        if stored.is_empty() {
+            return Response::reply(count);
+        }
+        let records: Arc<[Record]> = stored.into();
         let taken = futures_util::future::join_all(self.subscribers.iter().map(|s| {
             s.send(Stored {
-                record: record.clone(),
+                records: Arc::clone(&records),
                 from: from.clone(),
             })
         }));
-        Box::pin(async move {
+        Response::fut(async move {
             taken.await;
-            outcome
+            count
         })
     }
 }
@@ -159,7 +174,10 @@ mod tests {
     use std::time::Duration;
 
     fn client(record: Record) -> Store {
-        Store { record, from: None }
+        Store {
+            records: vec![record],
+            from: None,
+        }
     }
 
     fn record(line: &str) -> Record {
@@ -177,9 +195,11 @@ mod tests {
     }
     impl Handler<Stored> for Collector {
         type Result = ();
-        fn handle(&mut self, Stored { record, from }: Stored, _: &mut Context<Self>) {
-            let from = from.as_deref().unwrap_or("client").to_owned();
-            self.0.push(format!("{from}: {}", record.line()));
+        fn handle(&mut self, Stored { records, from }: Stored, _: &mut Context<Self>) {
+            let from = from.as_deref().unwrap_or("client");
+            for record in records.iter() {
+                self.0.push(format!("{from}: {}", record.line()));
+            }
         }
     }
     /// Asks the collector what it has seen; queued behind every `Stored` sent before it.
@@ -198,19 +218,10 @@ mod tests {
         let store = LocationStore::default().start();
         let old = record("AT A +0.000000000 kiwi +1+1 100");
         let new = record("AT B +0.000000000 kiwi +2+2 200");
-        assert_eq!(
-            store.send(client(old.clone())).await.unwrap(),
-            StoreOutcome::Stored
-        );
-        assert_eq!(
-            store.send(client(new.clone())).await.unwrap(),
-            StoreOutcome::Stored
-        );
-        assert_eq!(store.send(client(old)).await.unwrap(), StoreOutcome::Kept);
-        assert_eq!(
-            store.send(client(new.clone())).await.unwrap(),
-            StoreOutcome::Kept
-        );
+        assert_eq!(store.send(client(old.clone())).await.unwrap(), 1);
+        assert_eq!(store.send(client(new.clone())).await.unwrap(), 1);
+        assert_eq!(store.send(client(old)).await.unwrap(), 0);
+        assert_eq!(store.send(client(new.clone())).await.unwrap(), 0);
         assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(new));
         assert_eq!(store.send(Lookup("nobody".into())).await.unwrap(), None);
     }
@@ -221,7 +232,7 @@ mod tests {
         let a = record("AT Abe +0.000000000 kiwi +1+1 100");
         let b = record("AT Bob +0.000000000 kiwi +1+1 100");
         store.send(client(b.clone())).await.unwrap();
-        assert_eq!(store.send(client(a)).await.unwrap(), StoreOutcome::Kept);
+        assert_eq!(store.send(client(a)).await.unwrap(), 0);
         assert_eq!(store.send(Lookup("kiwi".into())).await.unwrap(), Some(b));
     }
 
@@ -240,18 +251,27 @@ mod tests {
         ] {
             store.send(client(record(line))).await.unwrap();
         }
+        // A batch is offered record by record, in order.
         let from_bona = Store {
-            record: record("AT A +0.000000000 pear +1+1 1"),
+            records: [
+                "AT A +0.000000000 pear +1+1 1",
+                "AT A +0.000000000 kiwi +1+1 50",
+                "AT A +0.000000000 pear +1+1 2",
+                "AT A +0.000000000 pear +1+1 1",
+            ]
+            .map(record)
+            .into(),
             from: Some("Bona".into()),
         };
-        store.send(from_bona).await.unwrap();
+        assert_eq!(store.send(from_bona).await.unwrap(), 2);
         // Every `Stored` was queued at the collector before this is.
         let seen = collector.send(Seen).await.unwrap();
         assert_eq!(
             seen,
             [
                 "client: AT A +0.000000000 kiwi +1+1 100",
-                "Bona: AT A +0.000000000 pear +1+1 1"
+                "Bona: AT A +0.000000000 pear +1+1 1",
+                "Bona: AT A +0.000000000 pear +1+1 2"
             ]
         );
     }
@@ -284,7 +304,7 @@ mod tests {
             "answered before the subscriber took the record"
         );
         gate.send(true).unwrap();
-        assert_eq!(answer.await.unwrap(), StoreOutcome::Stored);
+        assert_eq!(answer.await.unwrap(), 1);
     }
 
     #[actix_rt::test]

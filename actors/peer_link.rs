@@ -66,6 +66,8 @@ pub struct PeerLink {
     generation: u64,
     /// Whether the link was ever up (to log "re-established" rather than "opened").
     was_up: bool,
+    /// Whether a flush is already due at the end of the actor's current turn.
+    flush_due: bool,
 }
 
 /// One connection to the neighbor.
@@ -102,6 +104,7 @@ impl PeerLink {
             connection: None,
             generation: 0,
             was_up: false,
+            flush_due: false,
         }
     }
 
@@ -257,17 +260,19 @@ impl Actor for PeerLink {
 impl Handler<Stored> for PeerLink {
     type Result = ();
 
-    fn handle(&mut self, Stored { record, from }: Stored, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Stored { records, from }: Stored, ctx: &mut Context<Self>) {
         if from.as_deref() == Some(&*self.neighbor) {
             return;
         }
         let Some(c) = self.connection.as_mut() else {
-            // Down: the snapshot sent on the next connection carries this record.
+            // Down: the snapshot sent on the next connection carries these records.
             return;
         };
-        debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
-        c.out.extend_from_slice(record.line().as_bytes());
-        c.out.extend_from_slice(b"\n");
+        for record in records.iter() {
+            debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
+            c.out.extend_from_slice(record.line().as_bytes());
+            c.out.extend_from_slice(b"\n");
+        }
         if c.out.len() > MAX_LINK_QUEUE_BYTES {
             let why = format!(
                 "{} bytes queued, over the {MAX_LINK_QUEUE_BYTES}-byte limit; \
@@ -276,7 +281,16 @@ impl Handler<Stored> for PeerLink {
             );
             return self.down(&why, ctx);
         }
-        self.flush(ctx);
+        // One write for all the records of this turn: a future that is ready at once runs
+        // after the mailbox is drained, still in this turn, so before the store's answer
+        // (and with it the client's AT) goes anywhere.
+        if !self.flush_due {
+            self.flush_due = true;
+            ctx.spawn(fut::ready(()).map(|(), act: &mut PeerLink, ctx| {
+                act.flush_due = false;
+                act.flush(ctx);
+            }));
+        }
     }
 }
 
@@ -375,7 +389,7 @@ mod tests {
 
     fn stored(client: &str, time: u32, from: Option<&str>) -> Stored {
         Stored {
-            record: record(client, time),
+            records: Arc::new([record(client, time)]),
             from: from.map(Arc::from),
         }
     }
@@ -430,6 +444,26 @@ mod tests {
         assert_eq!(
             read_line(&mut bona).await,
             "AT Clark +0.000000000 mine +1+1 4\n"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn records_are_in_the_socket_by_the_time_the_link_answers_for_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (link, _) = link_to(listener.local_addr().unwrap(), &[]).await;
+        let mut bona = accept(&listener).await;
+        assert_eq!(read_line(&mut bona).await, "PEER Clark\n");
+        // Several in one turn, as the store hands them over; the link writes them once.
+        let taken = (1..=3).map(|time| link.send(stored("now", time, None)));
+        futures_util::future::join_all(taken).await;
+        // Read without waiting: what the client's answer may follow must be sent already.
+        let mut bona = bona.into_inner().into_std().unwrap();
+        let mut buffer = [0u8; 1024];
+        let n = std::io::Read::read(&mut bona, &mut buffer).expect("nothing was written yet");
+        assert_eq!(
+            String::from_utf8_lossy(&buffer[..n]),
+            "AT Clark +0.000000000 now +1+1 1\nAT Clark +0.000000000 now +1+1 2\n\
+             AT Clark +0.000000000 now +1+1 3\n"
         );
     }
 
