@@ -34,6 +34,14 @@ pub struct LocationStore {
 
 impl Actor for LocationStore {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Unbounded: every session sends here, and with actix's default of 16 a sender is
+        // parked and its next request re-sent through a fresh sender, which costs each
+        // IAMAT under load. What is in flight is bounded by the sessions instead
+        // (`MAX_PENDING_ANSWERS` each).
+        ctx.set_mailbox_capacity(0);
+    }
 }
 
 /// Offer records, in order; each is stored if it supersedes the one held for its client.

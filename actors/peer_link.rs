@@ -247,6 +247,9 @@ impl Actor for PeerLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Unbounded, like the store's: the store sends here once per `Store` it answers,
+        // and what is queued for the neighbor is bounded by `MAX_LINK_QUEUE_BYTES`.
+        ctx.set_mailbox_capacity(0);
         self.dial(ctx);
     }
 

@@ -215,6 +215,11 @@ async fn fetch(
 
 impl Actor for PlacesProxy {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Unbounded, like the store's: the sessions bound what is in flight.
+        ctx.set_mailbox_capacity(0);
+    }
 }
 
 /// Search for places within `radius` of `position`, at most `bound` of them.
