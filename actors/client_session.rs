@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -87,8 +88,8 @@ pub struct ClientSession {
     services: Services,
     /// The socket's sending side; shared with the future that waits for it to drain.
     writer: Rc<OwnedWriteHalf>,
-    /// One slot per line not yet answered, in line order; `None` until its answer is known.
-    slots: VecDeque<Option<Bytes>>,
+    /// One slot per line not yet answered, in line order.
+    slots: VecDeque<Slot>,
     /// The number of the line whose answer is `slots[0]`.
     first_slot: u64,
     /// Answers due to the client that the socket has not taken yet.
@@ -107,9 +108,28 @@ pub struct ClientSession {
     /// Records of the lines taken since the last offer to the store: they go in one
     /// [`Store`] per read (or before the next lookup, which must see them).
     unstored: Vec<Record>,
-    /// The answer slots those records hold, with their answers (empty for a neighbor's
-    /// record), given once the store took them.
-    unstored_answers: Vec<(u64, Bytes)>,
+    /// The slot of the first of those lines; their slots are [`Slot::Unstored`].
+    first_unstored: u64,
+}
+
+/// The answer a line gets.
+enum Answer {
+    /// None: a hello, or a neighbor's record.
+    Silent,
+    /// An IAMAT's: the AT line of its record, written from the record itself.
+    At(Record),
+    /// Any other: an invalid line's, a WHATSAT's.
+    Text(Bytes),
+}
+
+/// One line's place in the order of answers.
+enum Slot {
+    /// Its answer is being worked out (a WHATSAT).
+    Waiting,
+    /// Its answer is known, but is due only once the store took the line's record.
+    Unstored(Answer),
+    /// Its answer goes out as soon as every line before it has had its own.
+    Due(Answer),
 }
 
 impl ClientSession {
@@ -141,29 +161,30 @@ impl ClientSession {
                 read_closed: false,
                 peer: None,
                 unstored: Vec::new(),
-                unstored_answers: Vec::new(),
+                first_unstored: 0,
             }
         })
     }
 
     /// Takes one line: reserves its answer slot and starts working out its answer.
-    fn take_line(&mut self, line: Line, received: Nanos, ctx: &mut Context<Self>) {
+    /// `received` is when the line's bytes were read.
+    fn take_line(&mut self, line: Line, received: SystemTime, ctx: &mut Context<Self>) {
         let slot = self.first_slot + self.slots.len() as u64;
-        self.slots.push_back(None);
+        self.slots.push_back(Slot::Waiting);
         let bytes = match line {
             Line::Complete(bytes) => bytes,
             // A neighbor's record cut short by a dropped link must not be taken for a record.
             Line::Unterminated(bytes) if self.peer.is_some() => {
-                self.settings.log.line_in(self.conn, &bytes);
-                return self.fill(slot, Bytes::new());
+                self.settings.log.line_in(self.conn, received, &bytes);
+                return self.fill(slot, Answer::Silent);
             }
             Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
-                self.settings.log.line_in(self.conn, &prefix);
-                return self.fill(slot, protocol::invalid_answer(&prefix).into());
+                self.settings.log.line_in(self.conn, received, &prefix);
+                return self.fill(slot, invalid(&prefix));
             }
         };
-        self.settings.log.line_in(self.conn, &bytes);
+        self.settings.log.line_in(self.conn, received, &bytes);
         match Command::parse(&bytes) {
             Command::Hello(hello) if self.peer.is_none() => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
@@ -173,21 +194,19 @@ impl ClientSession {
                             .log
                             .note(Some(self.conn), format!("link from {neighbor} accepted"));
                         self.peer = Some(Arc::clone(neighbor));
-                        self.fill(slot, Bytes::new());
+                        self.fill(slot, Answer::Silent);
                     }
-                    None => self.fill(slot, protocol::invalid_answer(&bytes).into()),
+                    None => self.fill(slot, invalid(&bytes)),
                 }
             }
             Command::At(record) if self.peer.is_some() => {
                 // No answer to a record; the slot keeps its place until it is stored.
-                self.unstored.push(record);
-                self.unstored_answers.push((slot, Bytes::new()));
+                self.hold_for_store(slot, record, Answer::Silent);
             }
             Command::Iamat(iamat) => {
+                let received = Nanos::from(received);
                 let record = Record::from_iamat(&self.settings.server, &iamat, received);
-                let answer = Bytes::from(protocol::at_answer(&record));
-                self.unstored.push(record);
-                self.unstored_answers.push((slot, answer));
+                self.hold_for_store(slot, record.clone(), Answer::At(record));
             }
             Command::Whatsat(whatsat) => {
                 // The lookup must see the records of the lines before it.
@@ -222,8 +241,20 @@ impl ClientSession {
             // A second hello, a hello from a stranger, or a record on a connection that did
             // not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
-                self.fill(slot, protocol::invalid_answer(&bytes).into());
+                self.fill(slot, invalid(&bytes));
             }
+        }
+    }
+
+    /// Keeps line `slot`'s answer until its record, offered with the others of this read,
+    /// is stored.
+    fn hold_for_store(&mut self, slot: u64, record: Record, answer: Answer) {
+        if self.unstored.is_empty() {
+            self.first_unstored = slot;
+        }
+        self.unstored.push(record);
+        if let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) {
+            *entry = Slot::Unstored(answer);
         }
     }
 
@@ -234,7 +265,8 @@ impl ClientSession {
             return;
         }
         let records = std::mem::take(&mut self.unstored);
-        let answers = std::mem::take(&mut self.unstored_answers);
+        // The lines of these records: every line taken since the first of them.
+        let lines = self.first_unstored..self.first_slot + self.slots.len() as u64;
         let stored = self.services.store.send(Store {
             records,
             from: self.peer.clone(),
@@ -246,9 +278,16 @@ impl ClientSession {
             }
         };
         ctx.spawn(stored.into_actor(self).map(move |(), act, ctx| {
-            for (slot, answer) in answers {
-                act.fill(slot, answer);
+            // None of these lines can have left the queue: each waited for this.
+            let from = (lines.start - act.first_slot) as usize;
+            let to = (lines.end - act.first_slot) as usize;
+            for entry in act.slots.range_mut(from..to) {
+                *entry = match std::mem::replace(entry, Slot::Waiting) {
+                    Slot::Unstored(answer) => Slot::Due(answer),
+                    other => other,
+                };
             }
+            act.send_due();
             act.flush(ctx);
         }));
     }
@@ -261,23 +300,39 @@ impl ClientSession {
         ctx: &mut Context<Self>,
     ) {
         ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
-            act.fill(slot, answer);
+            act.fill(slot, Answer::Text(answer));
             act.flush(ctx);
         }));
     }
 
     /// Records the answer of line `slot`, and moves every answer now due into `out`.
-    fn fill(&mut self, slot: u64, answer: Bytes) {
+    fn fill(&mut self, slot: u64, answer: Answer) {
         let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) else {
             return;
         };
-        *entry = Some(answer);
-        while let Some(Some(_)) = self.slots.front() {
-            if let Some(Some(answer)) = self.slots.pop_front()
-                && !answer.is_empty()
-            {
-                self.settings.log.answer_out(self.conn, &answer);
-                self.out.extend_from_slice(&answer);
+        *entry = Slot::Due(answer);
+        self.send_due();
+    }
+
+    /// Moves the answers at the front that are due into `out`.
+    fn send_due(&mut self) {
+        let mut now = None;
+        while let Some(Slot::Due(_)) = self.slots.front() {
+            let now = *now.get_or_insert_with(SystemTime::now);
+            if let Some(Slot::Due(answer)) = self.slots.pop_front() {
+                match answer {
+                    Answer::Silent => {}
+                    Answer::At(record) => {
+                        let line = record.line().as_bytes();
+                        self.settings.log.answer_out(self.conn, now, line);
+                        self.out.extend_from_slice(line);
+                        self.out.extend_from_slice(b"\n");
+                    }
+                    Answer::Text(text) => {
+                        self.settings.log.answer_out(self.conn, now, &text);
+                        self.out.extend_from_slice(&text);
+                    }
+                }
             }
             self.first_slot += 1;
         }
@@ -377,6 +432,11 @@ impl Handler<Drain> for ClientSession {
     }
 }
 
+/// The answer to an invalid line.
+fn invalid(line: &[u8]) -> Answer {
+    Answer::Text(protocol::invalid_answer(line).into())
+}
+
 /// The socket's reading side, polled inside the session's own context: lines reach the
 /// session without a message or a task switch per read, and the session pauses it simply by
 /// owing too many answers.
@@ -428,7 +488,7 @@ impl ActorFuture<ClientSession> for ReadLoop {
                 return Poll::Pending;
             };
             if !this.lines.is_empty() {
-                let received = Nanos::now();
+                let received = SystemTime::now();
                 for line in this.lines.drain(..) {
                     session.take_line(line, received, ctx);
                 }

@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
 /// How many bytes of log may wait for the log thread before new events are dropped.
 const LOG_BUFFER_BYTES: usize = 8 << 20;
 
@@ -95,27 +93,28 @@ impl ServerLog {
         ServerLog { shared: None }
     }
 
-    /// A line received on connection `conn`, without its line ending.
-    pub fn line_in(&self, conn: u64, line: &Bytes) {
-        self.log(Some(conn), b'<', line);
+    /// A line received on connection `conn` at `at` (the caller read the clock once for
+    /// all the lines of a read), without its line ending.
+    pub fn line_in(&self, conn: u64, at: SystemTime, line: &[u8]) {
+        self.log(at, Some(conn), b'<', line);
     }
 
-    /// An answer written on connection `conn` (one or more lines, each ending in `\n`).
-    pub fn answer_out(&self, conn: u64, answer: &Bytes) {
-        self.log(Some(conn), b'>', answer);
+    /// An answer written on connection `conn` at `at` (one or more lines; the last line
+    /// ending may be left out).
+    pub fn answer_out(&self, conn: u64, at: SystemTime, answer: &[u8]) {
+        self.log(at, Some(conn), b'>', answer);
     }
 
     /// Anything else worth a line: a connection or link opened or closed, a refusal.
     pub fn note(&self, conn: Option<u64>, text: impl Into<String>) {
-        self.log(conn, b'-', text.into().as_bytes());
+        self.log(SystemTime::now(), conn, b'-', text.into().as_bytes());
     }
 
     /// Appends one log line per line of `body`: `<stamp> [conn <n> ]<mark> <line>`.
-    fn log(&self, conn: Option<u64>, mark: u8, body: &[u8]) {
+    fn log(&self, now: SystemTime, conn: Option<u64>, mark: u8, body: &[u8]) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let now = SystemTime::now();
         let mut pending = shared.lock();
         if pending.text.len() >= LOG_BUFFER_BYTES {
             pending.dropped += 1;
@@ -233,9 +232,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
         log.note(Some(3), "opened from 127.0.0.1:5000");
-        log.line_in(3, &Bytes::from_static(b"WHATSAT a 1 1"));
-        log.answer_out(3, &Bytes::from_static(b"AT x\n{\n}\n\n"));
-        log.line_in(3, &Bytes::from_static(b"bad \xff"));
+        log.line_in(3, SystemTime::now(), b"WHATSAT a 1 1");
+        log.answer_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
+        log.line_in(3, SystemTime::now(), b"bad \xff");
         writer.close();
         let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
         let lines: Vec<_> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
@@ -288,10 +287,10 @@ mod tests {
         let log = ServerLog {
             shared: Some(Arc::clone(&shared)),
         };
-        log.line_in(1, &Bytes::from_static(b"kept"));
+        log.line_in(1, SystemTime::now(), b"kept");
         shared.lock().text.resize(LOG_BUFFER_BYTES, b'.');
         for _ in 0..5 {
-            log.line_in(1, &Bytes::from_static(b"lost"));
+            log.line_in(1, SystemTime::now(), b"lost");
         }
         shared.closed.store(true, Ordering::Release);
         write_out(&shared, File::create(&path).unwrap());
