@@ -8,7 +8,7 @@
 //! Numbers that must be exact (client time, the time difference, the radius in metres) are
 //! handled as integers or decimal text, never through a float.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -181,47 +181,40 @@ impl<'a> Decimal<'a> {
 
 /// A position in ISO 6709 decimal degrees, `+34.068930-118.445127`.
 ///
-/// The text is kept for the byte-exact copy in AT lines; the degrees are floats because
-/// they only ever go to the places API, never into exact arithmetic.
+/// The text is kept for the byte-exact copy in AT lines, and checked exactly on its decimal
+/// digits; the degrees are floats, read from the text only when a search needs them (an
+/// IAMAT never does), because they only ever go to the places API.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Location<'a> {
     /// The field as the client sent it.
     pub text: &'a str,
-    /// Latitude in degrees, within [-90, 90].
-    pub latitude: f64,
-    /// Longitude in degrees, within [-180, 180].
-    pub longitude: f64,
+    /// Where the longitude starts in `text`.
+    split: usize,
 }
 
 impl<'a> Location<'a> {
-    /// Parses `±DD[.D*]±DDD[.D*]`: each coordinate with its sign, latitude then longitude.
+    /// Parses `±DD[.D*]±DDD[.D*]`: each coordinate with its sign, latitude then longitude,
+    /// within [-90, 90] and [-180, 180].
     pub fn parse(text: &'a str) -> Option<Self> {
         let rest = text.strip_prefix(['+', '-'])?;
         let split = rest.find(['+', '-'])? + 1;
         let (lat, lng) = text.split_at(split);
-        Some(Location {
-            text,
-            latitude: degrees(lat, 90)?,
-            longitude: degrees(lng, 180)?,
-        })
+        (within(lat, 90) && within(lng, 180)).then_some(Location { text, split })
     }
 
-    /// The same position, owning nothing (for records that outlive the line).
-    pub fn degrees(&self) -> Degrees {
-        Degrees {
-            latitude: self.latitude,
-            longitude: self.longitude,
-        }
+    /// The position in degrees, owning nothing (for records that outlive the line).
+    pub fn degrees(&self) -> Option<Degrees> {
+        let (lat, lng) = self.text.split_at(self.split);
+        Some(Degrees {
+            latitude: lat.parse().ok()?,
+            longitude: lng.parse().ok()?,
+        })
     }
 }
 
-/// A signed coordinate within ±limit degrees, checked exactly on its decimal digits.
-fn degrees(signed: &str, limit: u64) -> Option<f64> {
-    let decimal = Decimal::parse(&signed[1..])?;
-    if decimal.cmp_int(limit) == std::cmp::Ordering::Greater {
-        return None;
-    }
-    signed.parse().ok()
+/// Whether a signed coordinate is within ±limit degrees, checked exactly on its digits.
+fn within(signed: &str, limit: u64) -> bool {
+    Decimal::parse(&signed[1..]).is_some_and(|d| d.cmp_int(limit) != std::cmp::Ordering::Greater)
 }
 
 /// A position that owns its numbers, for messages and stored records.
@@ -341,7 +334,7 @@ impl Record {
         let diff = TimeDiff(received.0 - iamat.time.nanos.0);
         Self::assemble(
             server,
-            &diff,
+            |line| diff.write_to(line),
             iamat.client,
             iamat.location.text,
             &iamat.time,
@@ -359,29 +352,44 @@ impl Record {
             return None;
         }
         // Rebuilt with single spaces, so that every server stores the same bytes.
-        Some(Self::assemble(server, &diff, client, location.text, &time))
+        Some(Self::assemble(
+            server,
+            |line| line.push_str(diff),
+            client,
+            location.text,
+            &time,
+        ))
     }
 
+    /// Builds `AT <server> <diff> <client> <location> <time>`; `diff` appends its field.
     fn assemble(
         server: &str,
-        diff: &dyn fmt::Display,
+        diff: impl FnOnce(&mut String),
         client: &str,
         location: &str,
         time: &ClientTime<'_>,
     ) -> Record {
-        let mut line = String::with_capacity(64 + server.len() + client.len() + time.text.len());
-        // Writing to a String cannot fail.
-        let _ = write!(line, "AT {server} {diff} ");
-        let client_start = line.len() as u32;
-        let _ = write!(line, "{client} {location} {}", time.text);
-        let nanos_per_sec = NANOS_PER_SEC;
-        Record {
-            line: line.into(),
-            secs: (time.nanos.0 / nanos_per_sec) as u64,
-            nanos: (time.nanos.0 % nanos_per_sec) as u32,
-            client_start,
-            client_len: client.len() as u16,
-        }
+        // Built in a buffer kept for the thread, then copied once into the shared line.
+        ASSEMBLY.with_borrow_mut(|line| {
+            line.clear();
+            line.push_str("AT ");
+            line.push_str(server);
+            line.push(' ');
+            diff(line);
+            line.push(' ');
+            let client_start = line.len() as u32;
+            for field in [client, " ", location, " ", time.text] {
+                line.push_str(field);
+            }
+            let (secs, nanos) = split_seconds(time.nanos.0.unsigned_abs());
+            Record {
+                line: Arc::from(line.as_str()),
+                secs: secs as u64,
+                nanos,
+                client_start,
+                client_len: client.len() as u16,
+            }
+        })
     }
 
     /// The whole AT line, without a line ending.
@@ -409,7 +417,7 @@ impl Record {
     pub fn position(&self) -> Option<Degrees> {
         let after_client = self.client_start as usize + usize::from(self.client_len) + 1;
         let location = self.line.get(after_client..)?.split(' ').next()?;
-        Location::parse(location).map(|l| l.degrees())
+        Location::parse(location)?.degrees()
     }
 
     /// Whether this record should replace `other` (SPEC section 3): a greater client time,
@@ -434,18 +442,43 @@ impl TimeDiff {
     }
 }
 
+impl TimeDiff {
+    /// Appends the field as AT lines carry it: sign, seconds, a dot, nine digits.
+    fn write_to(&self, out: &mut String) {
+        out.push(if self.0 < 0 { '-' } else { '+' });
+        let (secs, nanos) = split_seconds(self.0.unsigned_abs());
+        let mut digits = itoa::Buffer::new();
+        out.push_str(digits.format(secs));
+        // 1_000_000_000 + nanos has ten digits: a 1, then the nine wanted.
+        out.push('.');
+        out.push_str(&digits.format(NANOS_PER_SEC as u32 + nanos)[1..]);
+    }
+}
+
 impl fmt::Display for TimeDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { '-' } else { '+' };
-        let abs = self.0.unsigned_abs();
-        let nanos_per_sec = NANOS_PER_SEC as u128;
-        write!(
-            f,
-            "{sign}{}.{:09}",
-            abs / nanos_per_sec,
-            abs % nanos_per_sec
-        )
+        let mut text = String::new();
+        self.write_to(&mut text);
+        f.write_str(&text)
     }
+}
+
+/// Whole seconds and nanoseconds of a count of nanoseconds; in 64-bit arithmetic when it
+/// fits (until the year 2554), which is several times faster than 128-bit division.
+fn split_seconds(nanos: u128) -> (u128, u32) {
+    let per_sec = NANOS_PER_SEC as u64;
+    match u64::try_from(nanos) {
+        Ok(n) => (u128::from(n / per_sec), (n % per_sec) as u32),
+        Err(_) => (
+            nanos / u128::from(per_sec),
+            (nanos % u128::from(per_sec)) as u32,
+        ),
+    }
+}
+
+thread_local! {
+    /// Where [`Record::assemble`] builds a line before copying it into its `Arc`.
+    static ASSEMBLY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// The answer to an invalid line: `? ` and the line as received, with U+FFFD for bytes that
@@ -500,12 +533,42 @@ mod tests {
     }
 
     #[test]
+    fn time_differences_print_sign_seconds_and_nine_digits_at_any_size() {
+        let beyond_u64 = i128::from(u64::MAX) * 3 + 7;
+        for (nanos, want) in [
+            (0, "+0.000000000".to_owned()),
+            (-1, "-0.000000001".to_owned()),
+            (1_500_000_000, "+1.500000000".to_owned()),
+            (-86_400_000_000_123, "-86400.000000123".to_owned()),
+            (
+                beyond_u64,
+                format!(
+                    "+{}.{:09}",
+                    beyond_u64 / 1_000_000_000,
+                    beyond_u64 % 1_000_000_000
+                ),
+            ),
+            (
+                -beyond_u64,
+                format!(
+                    "-{}.{:09}",
+                    beyond_u64 / 1_000_000_000,
+                    beyond_u64 % 1_000_000_000
+                ),
+            ),
+        ] {
+            assert_eq!(TimeDiff(nanos).to_string(), want);
+        }
+    }
+
+    #[test]
     fn iamat_accepts_the_spec_example() {
         let i = iamat("IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503").unwrap();
         assert_eq!(i.client, "kiwi.cs.ucla.edu");
         assert_eq!(i.location.text, "+34.068930-118.445127");
-        assert_eq!(i.location.latitude, 34.068930);
-        assert_eq!(i.location.longitude, -118.445127);
+        let degrees = i.location.degrees().unwrap();
+        assert_eq!(degrees.latitude, 34.068930);
+        assert_eq!(degrees.longitude, -118.445127);
         assert_eq!(i.time.nanos, Nanos(1_621_464_827_959_498_503));
     }
 

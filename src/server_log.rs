@@ -131,7 +131,7 @@ impl ServerLog {
             stamp.write(now, text);
             if let Some(conn) = conn {
                 text.extend_from_slice(b" conn ");
-                write_decimal(conn, text);
+                text.extend_from_slice(itoa::Buffer::new().format(conn).as_bytes());
             }
             text.extend_from_slice(&[b' ', mark, b' ']);
             text.extend_from_slice(line);
@@ -159,29 +159,13 @@ impl StampCache {
             self.second = Some(second);
         }
         out.extend_from_slice(self.text.as_bytes());
-        let micros = since.subsec_micros();
-        let mut digits = *b".000000Z";
-        for (i, digit) in digits[1..7].iter_mut().rev().enumerate() {
-            *digit = b'0' + (micros / 10u32.pow(i as u32) % 10) as u8;
-        }
-        out.extend_from_slice(&digits);
+        // 1_000_000 + micros has seven digits: a 1, then the six wanted.
+        let mut digits = itoa::Buffer::new();
+        let micros = digits.format(1_000_000 + since.subsec_micros());
+        out.push(b'.');
+        out.extend_from_slice(&micros.as_bytes()[1..]);
+        out.push(b'Z');
     }
-}
-
-/// Appends `n` in decimal.
-fn write_decimal(n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 impl LogWriter {
