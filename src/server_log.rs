@@ -4,7 +4,8 @@
 //! Logging sits on the per-line hot path, so it must cost the server little and never make
 //! it wait. The caller formats the log line straight into a shared buffer (a few tens of
 //! nanoseconds: the date part of the timestamp is formatted once a second), and a thread of
-//! the log's own swaps the buffer out every few milliseconds and writes it to the file. That
+//! the log's own swaps the buffer out every few milliseconds (sooner when a burst fills it)
+//! and writes it to the file. That
 //! thread only makes one `write` per interval, so it never holds the server's core for long
 //! (formatting there made it run for hundreds of microseconds at a time, which showed as a
 //! doubled p99 latency under load). The buffer is bounded: if the disk cannot keep up,
@@ -16,8 +17,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How many bytes of log may wait for the log thread before new events are dropped.
@@ -26,6 +27,10 @@ const LOG_BUFFER_BYTES: usize = 8 << 20;
 /// How long the log thread sleeps after writing out what was buffered: the most a logged
 /// line waits before it reaches the file.
 const LOG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Past this many bytes waiting, the log thread is woken before its interval is over, so
+/// that a burst of lines does not grow the buffer (and the server's memory) for long.
+const WAKE_AT_BYTES: usize = 256 << 10;
 
 /// A buffer larger than this is not kept for reuse once written (a burst is over).
 const KEPT_BUFFER_BYTES: usize = 1 << 20;
@@ -50,6 +55,8 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Set by [`LogWriter::close`]: write what is left and end.
     closed: AtomicBool,
+    /// The log thread, to wake early.
+    thread: OnceLock<Thread>,
 }
 
 /// Formatted log text waiting for the log thread.
@@ -58,6 +65,8 @@ struct Pending {
     text: Vec<u8>,
     /// Events dropped since the thread last took the text.
     dropped: u64,
+    /// Whether the thread was woken since it last took the text.
+    woken: bool,
     stamp: StampCache,
 }
 
@@ -82,6 +91,7 @@ impl ServerLog {
         let thread = std::thread::Builder::new()
             .name(format!("log-{name}"))
             .spawn(move || write_out(&thread_shared, file))?;
+        let _ = shared.thread.set(thread.thread().clone());
         let log = ServerLog {
             shared: Some(Arc::clone(&shared)),
         };
@@ -137,6 +147,13 @@ impl ServerLog {
             text.extend_from_slice(line);
             text.push(b'\n');
         }
+        if text.len() >= WAKE_AT_BYTES && !pending.woken {
+            pending.woken = true;
+            drop(pending);
+            if let Some(thread) = shared.thread.get() {
+                thread.unpark();
+            }
+        }
     }
 }
 
@@ -185,6 +202,7 @@ fn write_out(shared: &Shared, mut file: File) {
         let dropped = {
             let mut pending = shared.lock();
             std::mem::swap(&mut pending.text, &mut spare);
+            pending.woken = false;
             std::mem::take(&mut pending.dropped)
         };
         if dropped > 0 {
