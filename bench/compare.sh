@@ -38,6 +38,7 @@ JAQUEZ_ADDR=127.0.0.1:$((PORT_BASE + 2))
 BAILEY_ADDR=127.0.0.1:$((PORT_BASE + 3))
 BONA_ADDR=127.0.0.1:$((PORT_BASE + 4))
 CAMPBELL_ADDR=127.0.0.1:$((PORT_BASE + 5))
+WATCHER_ADDR=127.0.0.1:$((PORT_BASE + 6))
 PLACES_ADDR=127.0.0.1:$((PORT_BASE + 9))
 
 BIN=target/release/herd
@@ -172,9 +173,10 @@ addr = "$CLARK_ADDR"
 name = "Jaquez"
 addr = "$JAQUEZ_ADDR"
 EOF
-# A chain of three: Bailey - Bona - Campbell.
+# A chain of three: Bailey - Bona - Campbell; Campbell's neighbor Watcher is played by
+# `herd bench flood --listen`, which takes the records off Campbell's link as they come.
 cat >"$TMP/chain.toml" <<EOF
-links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
+links = [["Bailey", "Bona"], ["Bona", "Campbell"], ["Campbell", "Watcher"]]
 
 [places]
 url = "http://127.0.0.1:9/nearbysearch/json"
@@ -193,6 +195,10 @@ addr = "$BONA_ADDR"
 [[nodes]]
 name = "Campbell"
 addr = "$CAMPBELL_ADDR"
+
+[[nodes]]
+name = "Watcher"
+addr = "$WATCHER_ADDR"
 EOF
 
 echo "herd bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -227,13 +233,17 @@ start campbell env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Campbe
 # The links are up once a record sent to one end is known at the other.
 bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 15 --json >/dev/null
 
+# Propagation first, while the stores are small (the watcher's link starts with a snapshot
+# of Campbell's store, which the tool lets pass before it starts).
+echo
+echo "== propagation over two hops (Bailey -> Bona -> Campbell), watched as Campbell's neighbor"
+bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --listen "$WATCHER_ADDR" \
+    --count "$FLOOD_COUNT"
+bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --listen "$WATCHER_ADDR" \
+    --count "$RATE_COUNT" --rate "$RATE"
+
 ab "middle of a chain of three (links up, flooding both ways) vs echo" \
     "$ECHO_ADDR" echo "$BONA_ADDR" herd-mid --conns "$CONNS"
-
-echo
-echo "== propagation over two hops (Bailey -> Bona -> Campbell)"
-bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count "$FLOOD_COUNT"
-bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count "$RATE_COUNT" --rate "$RATE"
 
 echo
 echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"

@@ -194,6 +194,64 @@ fn iamat_load_flood_idle_and_records_against_a_herd_node() {
 }
 
 #[test]
+fn flood_watches_as_a_neighbor_taking_records_off_the_servers_link() {
+    let dir = tempfile::tempdir().unwrap();
+    // Where the tool will play Clark's neighbor Watcher.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let watcher = free.local_addr().unwrap().to_string();
+    drop(free);
+    let config = format!(
+        "links = [[\"Clark\", \"Watcher\"]]\n\n[places]\nurl = \"http://127.0.0.1:9/nearby\"\n\n\
+         [log]\ndir = \"{}\"\n\n[[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n\n\
+         [[nodes]]\nname = \"Watcher\"\naddr = \"{watcher}\"\n",
+        dir.path().join("logs").display()
+    );
+    std::fs::write(dir.path().join("herd.toml"), config).unwrap();
+    let (_server, addr) = start(&["run", "Clark", "-c", "herd.toml"], dir.path());
+
+    let burst = bench(&[
+        "flood",
+        "--send",
+        &addr,
+        "--watch",
+        &addr,
+        "--listen",
+        &watcher,
+        "--count",
+        "300",
+        "--batch",
+        "50",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(burst["watched_by"], "neighbor", "{burst}");
+    assert_eq!(number(&burst, "known"), 300, "{burst}");
+    assert_eq!(number(&burst, "missing"), 0, "{burst}");
+    assert_eq!(number(&burst, "poll_rounds"), 0, "{burst}");
+
+    let rate = bench(&[
+        "flood",
+        "--send",
+        &addr,
+        "--watch",
+        &addr,
+        "--listen",
+        &watcher,
+        "--count",
+        "20",
+        "--rate",
+        "200",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(rate["watched_by"], "neighbor", "{rate}");
+    assert_eq!(number(&rate, "known"), 20, "{rate}");
+    assert_eq!(number(&rate, "lost"), 0, "{rate}");
+    assert_eq!(number(&rate, "polls"), 0, "{rate}");
+    assert_sound_latency(&rate["propagation_us"]);
+}
+
+#[test]
 fn whatsat_load_measures_the_herd_against_its_own_places_server() {
     let dir = tempfile::tempdir().unwrap();
     // A port for the tool's places server, known before the herd server starts.

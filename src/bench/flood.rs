@@ -16,6 +16,12 @@
 //! A WHATSAT of a known client makes the watched server call its places API; only the
 //! answer's first line matters here, so a server with no key (which answers at once with
 //! `REQUEST_DENIED`) is the quickest to watch.
+//!
+//! With `--listen ADDR` the tool watches as a neighbor instead of a client: the watched
+//! server's config names a neighbor at ADDR, the tool accepts that link and timestamps each
+//! record as it arrives. No polling: that is exact (to the one link write from the watched
+//! server, which happens as it stores the record), and it adds no load to the herd, where
+//! polling adds a WHATSAT per record per round and a round's delay to `T_known`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +34,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::burst::{self, Burst};
 use super::conn::{Conn, Framing, Kind, POSITION};
+use super::neighbor::NeighborWatch;
 use super::stats::{Latency, Recorder, round3};
 use super::{Output, Stamp, progress, report};
 
@@ -55,6 +62,11 @@ pub struct FloodArgs {
     /// Requests per write in a burst (IAMATs, and WHATSATs when polling).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
+    /// Watch as a neighbor of `--watch`: listen here for its link (the watched server's
+    /// config must have a neighbor at this address) and take each record's arrival on it,
+    /// instead of polling with WHATSAT.
+    #[arg(long)]
+    pub listen: Option<String>,
     /// Give up on records still unknown at the watched server after this many seconds.
     #[arg(long, default_value = "30", value_parser = super::parse_secs)]
     pub timeout: Duration,
@@ -92,8 +104,10 @@ pub struct BurstReport {
     pub t_known_ms: f64,
     /// `t_known_ms / t_ack_ms`.
     pub ratio: f64,
-    /// WHATSAT rounds over the records not yet known.
+    /// WHATSAT rounds over the records not yet known (0 when watching as a neighbor).
     pub poll_rounds: u64,
+    /// How the watched server was watched: `"whatsat"` or `"neighbor"`.
+    pub watched_by: &'static str,
     /// The first thing that went wrong, if anything did.
     pub first_error: Option<String>,
 }
@@ -121,11 +135,14 @@ pub struct RateReport {
     pub lost: u64,
     /// IAMATs not answered with an AT line.
     pub ack_errors: u64,
-    /// WHATSATs sent to the watched server.
+    /// WHATSATs sent to the watched server (0 when watching as a neighbor).
     pub polls: u64,
+    /// How the watched server was watched: `"whatsat"` or `"neighbor"`.
+    pub watched_by: &'static str,
     /// IAMAT round trips at the sending server.
     pub ack_us: Latency,
-    /// From each IAMAT's write to the first WHATSAT answer at the watched server that knew it.
+    /// From each IAMAT's write to the first WHATSAT answer at the watched server that knew
+    /// it, or (as a neighbor) to its arrival on the watched server's link.
     pub propagation_us: Latency,
     /// The first thing that went wrong, if anything did.
     pub first_error: Option<String>,
@@ -141,10 +158,17 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
 }
 
 async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
-    let mut watch = Conn::connect(&args.watch)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.watch))?;
     let prefix = format!("f{}", super::run_tag());
+    let mut watch = match &args.listen {
+        Some(listen) => {
+            Watch::Neighbor(NeighborWatch::accept(listen, &prefix, args.count, args.timeout).await?)
+        }
+        None => Watch::Whatsat(
+            Conn::connect(&args.watch)
+                .await
+                .with_context(|| format!("cannot connect to {}", args.watch))?,
+        ),
+    };
     let visible = progress::visible(args.output.json);
     let acked = Arc::new(AtomicU64::new(0));
     let ticker = progress::counting(visible, "send", args.count, Arc::clone(&acked));
@@ -163,16 +187,124 @@ async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
     ticker.finish();
     let t_ack = start.elapsed();
 
+    let give_up = Instant::now() + args.timeout;
+    let known = match &mut watch {
+        Watch::Neighbor(neighbor) => {
+            let ticker = progress::counting(visible, "known", args.count, neighbor.known());
+            neighbor.wait_all(give_up).await;
+            ticker.finish();
+            let arrivals = neighbor.arrivals();
+            Known {
+                missing: arrivals.iter().filter(|a| a.is_none()).count() as u64,
+                last: arrivals.iter().flatten().max().copied().unwrap_or(start),
+                rounds: 0,
+            }
+        }
+        Watch::Whatsat(conn) => poll_burst(conn, args, &prefix, start, give_up).await?,
+    };
+    let mut first_error = sent.failure.clone().or(sent.first_odd.clone());
+    if known.missing > 0 {
+        first_error = first_error.or(Some(format!(
+            "{} records still unknown at {} after {:?}",
+            known.missing, args.watch, args.timeout
+        )));
+    }
+    let t_known = known.last.duration_since(start);
+    let ms = |d: Duration| round3(d.as_secs_f64() * 1000.0);
+    let report = BurstReport {
+        bench: "flood",
+        mode: "burst",
+        send: args.send.clone(),
+        watch: args.watch.clone(),
+        count: args.count,
+        acked: sent.acked,
+        ack_errors: sent.errors,
+        t_ack_ms: ms(t_ack),
+        ack_rps: (sent.acked as f64 / t_ack.as_secs_f64().max(1e-9)).round(),
+        known: args.count - known.missing,
+        missing: known.missing,
+        t_known_ms: ms(t_known),
+        ratio: round3(t_known.as_secs_f64() / t_ack.as_secs_f64().max(1e-9)),
+        poll_rounds: known.rounds,
+        watched_by: watch.name(),
+        first_error,
+    };
+    report::emit(args.output.json, &report, || {
+        let how = match report.watched_by {
+            "neighbor" => "as its neighbor".to_owned(),
+            _ => format!("{} polling rounds", report.poll_rounds),
+        };
+        format!(
+            "flood burst: {} IAMATs to {}, watched at {}\n  \
+             acknowledged {} ({} errors) in {:.1} ms ({} /s)\n  \
+             known at {}: {} ({} missing) after {:.1} ms ({how})\n  \
+             T_known / T_ack = {:.2}{}\n",
+            report.count,
+            report.send,
+            report.watch,
+            report.acked,
+            report.ack_errors,
+            report.t_ack_ms,
+            report.ack_rps,
+            report.watch,
+            report.known,
+            report.missing,
+            report.t_known_ms,
+            report.ratio,
+            report
+                .first_error
+                .as_ref()
+                .map(|e| format!("\n  first error: {e}"))
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// How the watched server is watched.
+enum Watch {
+    /// Asked WHATSAT for each record, again and again.
+    Whatsat(Conn),
+    /// Its link to a neighbor played by the tool.
+    Neighbor(NeighborWatch),
+}
+
+impl Watch {
+    fn name(&self) -> &'static str {
+        match self {
+            Watch::Whatsat(_) => "whatsat",
+            Watch::Neighbor(_) => "neighbor",
+        }
+    }
+}
+
+/// What the watched server knew of a burst in the end.
+struct Known {
+    /// Records it never knew.
+    missing: u64,
+    /// When the last one became known.
+    last: Instant,
+    /// WHATSAT rounds it took.
+    rounds: u64,
+}
+
+/// Asks the watched server WHATSAT for every record of the burst it does not know yet,
+/// round after round, until it knows all or `give_up`.
+async fn poll_burst(
+    watch: &mut Conn,
+    args: &FloodArgs,
+    prefix: &str,
+    start: Instant,
+    give_up: Instant,
+) -> anyhow::Result<Known> {
     let known_count = Arc::new(AtomicU64::new(0));
+    let visible = progress::visible(args.output.json);
     let ticker = progress::counting(visible, "known", args.count, Arc::clone(&known_count));
     let mut pending: Vec<u64> = (0..args.count).collect();
     let mut still = Vec::with_capacity(pending.len());
-    let mut last_known = start;
-    let mut poll_rounds = 0;
-    let mut first_error = sent.failure.clone().or(sent.first_odd.clone());
-    let give_up = Instant::now() + args.timeout;
+    let mut last = start;
+    let mut rounds = 0;
     while !pending.is_empty() && Instant::now() < give_up {
-        poll_rounds += 1;
+        rounds += 1;
         let before = pending.len();
         for chunk in pending.chunks(args.batch as usize) {
             for i in chunk {
@@ -182,7 +314,7 @@ async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
             let result = watch
                 .exchange(chunk.len(), Framing::Whatsat, |answer| {
                     if answer.kind == Kind::At {
-                        last_known = Instant::now();
+                        last = Instant::now();
                         known_count.fetch_add(1, Ordering::Relaxed);
                     } else {
                         still.push(chunk[k]);
@@ -201,70 +333,29 @@ async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
         }
     }
     ticker.finish();
-    if !pending.is_empty() {
-        first_error = first_error.or(Some(format!(
-            "{} records still unknown at {} after {:?}",
-            pending.len(),
-            args.watch,
-            args.timeout
-        )));
-    }
-    let known = args.count - pending.len() as u64;
-    let t_known = last_known.duration_since(start);
-    let ms = |d: Duration| round3(d.as_secs_f64() * 1000.0);
-    let report = BurstReport {
-        bench: "flood",
-        mode: "burst",
-        send: args.send.clone(),
-        watch: args.watch.clone(),
-        count: args.count,
-        acked: sent.acked,
-        ack_errors: sent.errors,
-        t_ack_ms: ms(t_ack),
-        ack_rps: (sent.acked as f64 / t_ack.as_secs_f64().max(1e-9)).round(),
-        known,
+    Ok(Known {
         missing: pending.len() as u64,
-        t_known_ms: ms(t_known),
-        ratio: round3(t_known.as_secs_f64() / t_ack.as_secs_f64().max(1e-9)),
-        poll_rounds,
-        first_error,
-    };
-    report::emit(args.output.json, &report, || {
-        format!(
-            "flood burst: {} IAMATs to {}, watched at {}\n  \
-             acknowledged {} ({} errors) in {:.1} ms ({} /s)\n  \
-             known at {}: {} ({} missing) after {:.1} ms, {} polling rounds\n  \
-             T_known / T_ack = {:.2}{}\n",
-            report.count,
-            report.send,
-            report.watch,
-            report.acked,
-            report.ack_errors,
-            report.t_ack_ms,
-            report.ack_rps,
-            report.watch,
-            report.known,
-            report.missing,
-            report.t_known_ms,
-            report.poll_rounds,
-            report.ratio,
-            report
-                .first_error
-                .as_ref()
-                .map(|e| format!("\n  first error: {e}"))
-                .unwrap_or_default()
-        )
+        last,
+        rounds,
     })
 }
 
 async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
+    let prefix = format!("p{}", super::run_tag());
+    let mut watch = match &args.listen {
+        Some(listen) => {
+            Watch::Neighbor(NeighborWatch::accept(listen, &prefix, args.count, args.timeout).await?)
+        }
+        None => Watch::Whatsat(
+            Conn::connect(&args.watch)
+                .await
+                .with_context(|| format!("cannot connect to {}", args.watch))?,
+        ),
+    };
+    let watched_by = watch.name();
     let mut send = Conn::connect(&args.send)
         .await
         .with_context(|| format!("cannot connect to {}", args.send))?;
-    let mut watch = Conn::connect(&args.watch)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.watch))?;
-    let prefix = format!("p{}", super::run_tag());
     let count = args.count;
     let timeout = args.timeout;
     let done = Arc::new(AtomicU64::new(0));
@@ -308,6 +399,12 @@ async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
     };
 
     let poller = async {
+        let watch = match &mut watch {
+            Watch::Whatsat(conn) => conn,
+            Watch::Neighbor(neighbor) => {
+                return take_arrivals(neighbor, &mut sampled, timeout, &done).await;
+            }
+        };
         let mut propagation = Recorder::default();
         let mut outstanding: Vec<(u64, Instant)> = Vec::new();
         let mut lost = 0u64;
@@ -388,6 +485,7 @@ async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
         lost,
         ack_errors: acks.load(sending).errors,
         polls,
+        watched_by,
         ack_us: acks.latency(),
         propagation_us: propagation.latency(),
         first_error: send_failure
@@ -397,7 +495,7 @@ async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
     report::emit(args.output.json, &report, || {
         format!(
             "flood rate: {} samples at {}/s (achieved {}/s) to {}, watched at {}\n  \
-             known {}, lost {}, IAMAT errors {}, {} WHATSATs\n{}{}",
+             known {}, lost {}, IAMAT errors {}, {}\n{}{}",
             report.count,
             report.rate,
             report.achieved_rate,
@@ -406,7 +504,10 @@ async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
             report.known,
             report.lost,
             report.ack_errors,
-            report.polls,
+            match report.watched_by {
+                "neighbor" => "watched as its neighbor".to_owned(),
+                _ => format!("{} WHATSATs", report.polls),
+            },
             report::latency_table(&[
                 ("IAMAT ack", &report.ack_us),
                 ("propagation", &report.propagation_us),
@@ -418,4 +519,31 @@ async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
                 .unwrap_or_default()
         )
     })
+}
+
+/// Rate mode as a neighbor: each sample's propagation is from the write of its IAMAT to its
+/// arrival on the watched server's link. Waits for the last ones up to `timeout`.
+async fn take_arrivals(
+    neighbor: &NeighborWatch,
+    sampled: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    timeout: Duration,
+    done: &AtomicU64,
+) -> (Recorder, u64, u64, Option<String>) {
+    let mut sent = Vec::new();
+    while let Some(sample) = sampled.recv().await {
+        sent.push(sample);
+        done.store(neighbor.known().load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    neighbor.wait_all(Instant::now() + timeout).await;
+    let arrivals = neighbor.arrivals();
+    let mut propagation = Recorder::default();
+    let mut lost = 0;
+    for (i, at) in sent {
+        match arrivals.get(i as usize).copied().flatten() {
+            Some(arrived) => propagation.record(arrived.saturating_duration_since(at)),
+            None => lost += 1,
+        }
+    }
+    done.store(propagation.count() + lost, Ordering::Relaxed);
+    (propagation, lost, 0, None)
 }

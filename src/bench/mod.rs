@@ -27,6 +27,7 @@ pub mod http;
 pub mod iamat;
 pub mod idle;
 pub mod mem;
+pub mod neighbor;
 pub mod progress;
 pub mod records;
 pub mod report;
