@@ -21,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Poll, Waker, ready};
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -145,7 +145,6 @@ impl ClientSession {
             let reader = ctx.spawn(ReadLoop {
                 half: read_half,
                 splitter: LineSplitter::new(settings.max_line_bytes),
-                lines: Vec::new(),
             });
             ClientSession {
                 conn,
@@ -168,24 +167,24 @@ impl ClientSession {
 
     /// Takes one line: reserves its answer slot and starts working out its answer.
     /// `received` is when the line's bytes were read.
-    fn take_line(&mut self, line: Line, received: SystemTime, ctx: &mut Context<Self>) {
+    fn take_line(&mut self, line: Line<'_>, received: SystemTime, ctx: &mut Context<Self>) {
         let slot = self.first_slot + self.slots.len() as u64;
         self.slots.push_back(Slot::Waiting);
         let bytes = match line {
             Line::Complete(bytes) => bytes,
             // A neighbor's record cut short by a dropped link must not be taken for a record.
             Line::Unterminated(bytes) if self.peer.is_some() => {
-                self.settings.log.line_in(self.conn, received, &bytes);
+                self.settings.log.line_in(self.conn, received, bytes);
                 return self.fill(slot, Answer::Silent);
             }
             Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
-                self.settings.log.line_in(self.conn, received, &prefix);
-                return self.fill(slot, invalid(&prefix));
+                self.settings.log.line_in(self.conn, received, prefix);
+                return self.fill(slot, invalid(prefix));
             }
         };
-        self.settings.log.line_in(self.conn, received, &bytes);
-        match Command::parse(&bytes) {
+        self.settings.log.line_in(self.conn, received, bytes);
+        match Command::parse(bytes) {
             Command::Hello(hello) if self.peer.is_none() => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
                 match neighbor {
@@ -196,7 +195,7 @@ impl ClientSession {
                         self.peer = Some(Arc::clone(neighbor));
                         self.fill(slot, Answer::Silent);
                     }
-                    None => self.fill(slot, invalid(&bytes)),
+                    None => self.fill(slot, invalid(bytes)),
                 }
             }
             Command::At(record) if self.peer.is_some() => {
@@ -214,7 +213,7 @@ impl ClientSession {
                 let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
                 let places = self.services.places.clone();
                 let (radius, bound) = (whatsat.radius, whatsat.bound);
-                let unknown = protocol::invalid_answer(&bytes);
+                let unknown = protocol::invalid_answer(bytes);
                 let answer = async move {
                     let Ok(Some(record)) = lookup.await else {
                         return unknown;
@@ -241,7 +240,7 @@ impl ClientSession {
             // A second hello, a hello from a stranger, or a record on a connection that did
             // not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
-                self.fill(slot, invalid(&bytes));
+                self.fill(slot, invalid(bytes));
             }
         }
     }
@@ -443,8 +442,6 @@ fn invalid(line: &[u8]) -> Answer {
 struct ReadLoop {
     half: OwnedReadHalf,
     splitter: LineSplitter,
-    /// The lines of the read in hand; kept to reuse its allocation.
-    lines: Vec<Line>,
 }
 
 /// Reads taken in one turn before the loop lets the other connections have theirs.
@@ -468,33 +465,29 @@ impl ActorFuture<ClientSession> for ReadLoop {
             // `poll_read` rather than `readable` + `try_read`: after a short read it knows
             // the socket is drained and waits, where `try_read` would need one more system
             // call (answered "would block") per read to learn it.
-            let ended = READ_BUFFER.with(|buffer| {
-                let mut buffer = buffer.borrow_mut();
-                let mut filled = ReadBuf::new(&mut buffer);
-                match Pin::new(&mut this.half).poll_read(task, &mut filled) {
-                    Poll::Ready(Ok(())) if filled.filled().is_empty() => {
-                        this.splitter.finish(&mut this.lines);
-                        Poll::Ready(true)
+            // The lines are taken straight from the buffer the bytes were read into.
+            let ended = READ_BUFFER.with_borrow_mut(|buffer| {
+                let mut filled = ReadBuf::new(buffer);
+                let read = ready!(Pin::new(&mut this.half).poll_read(task, &mut filled));
+                let received = SystemTime::now();
+                let mut take = |line: Line<'_>| session.take_line(line, received, ctx);
+                Poll::Ready(match read {
+                    Ok(()) if filled.filled().is_empty() => {
+                        this.splitter.finish(&mut take);
+                        true
                     }
-                    Poll::Ready(Ok(())) => {
-                        this.splitter.push(filled.filled(), &mut this.lines);
-                        Poll::Ready(false)
+                    Ok(()) => {
+                        this.splitter.push(filled.filled(), &mut take);
+                        false
                     }
-                    Poll::Ready(Err(_)) => Poll::Ready(true),
-                    Poll::Pending => Poll::Pending,
-                }
+                    Err(_) => true,
+                })
             });
             let Poll::Ready(ended) = ended else {
                 return Poll::Pending;
             };
-            if !this.lines.is_empty() {
-                let received = SystemTime::now();
-                for line in this.lines.drain(..) {
-                    session.take_line(line, received, ctx);
-                }
-                session.offer_records(ctx);
-                session.flush(ctx);
-            }
+            session.offer_records(ctx);
+            session.flush(ctx);
             if ended {
                 session.reader = None;
                 session.close_reading(ctx);

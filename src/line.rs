@@ -5,20 +5,23 @@
 //! skipped and the connection kept, and bytes that are not UTF-8 answered, not fatal. This
 //! module does exactly that, on bytes, with no I/O, so that it is tested on its own.
 
-use bytes::{Bytes, BytesMut};
-
-/// One line cut from the stream, without its line ending.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+/// One line cut from the stream, without its line ending, borrowed from the bytes just
+/// read (or, for a line that spans reads, from the splitter): nothing is copied or
+/// allocated per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
     /// A whole line, at most the limit long.
-    Complete(Bytes),
+    Complete(&'a [u8]),
     /// A line over the limit: its first `limit` bytes. The rest of it is skipped.
-    TooLong(Bytes),
+    TooLong(&'a [u8]),
     /// The bytes after the last line ending when the stream ended. A client's last line
     /// may come so (it is a command like any other); a record from a neighbor may not (it
     /// may be a record cut short by a dropped link).
-    Unterminated(Bytes),
+    Unterminated(&'a [u8]),
 }
+
+/// A line that spans reads and grew past this is not kept at that size once taken.
+const KEPT_PARTIAL_BYTES: usize = 4096;
 
 /// Cuts lines ending in `\n` (or `\r\n`) out of the bytes pushed into it.
 #[derive(Debug)]
@@ -26,7 +29,7 @@ pub struct LineSplitter {
     /// The longest line accepted, in bytes, not counting its line ending.
     limit: usize,
     /// Bytes of a line whose end has not arrived yet (at most `limit + 1` of them).
-    partial: BytesMut,
+    partial: Vec<u8>,
     /// Whether the rest of a too-long line is being skipped, up to its `\n`.
     skipping: bool,
 }
@@ -36,13 +39,13 @@ impl LineSplitter {
     pub fn new(limit: usize) -> Self {
         LineSplitter {
             limit,
-            partial: BytesMut::new(),
+            partial: Vec::new(),
             skipping: false,
         }
     }
 
-    /// Takes the bytes just read and appends every line they complete to `out`.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Line>) {
+    /// Takes the bytes just read and hands `each` every line they complete, in order.
+    pub fn push(&mut self, mut data: &[u8], mut each: impl FnMut(Line<'_>)) {
         while !data.is_empty() {
             let newline = memchr::memchr(b'\n', data);
             if self.skipping {
@@ -56,14 +59,15 @@ impl LineSplitter {
                 continue;
             }
             match newline {
+                Some(i) if self.partial.is_empty() => {
+                    each(self.cut(without_cr(&data[..i])));
+                    data = &data[i + 1..];
+                }
                 Some(i) => {
                     self.partial.extend_from_slice(&data[..i]);
                     data = &data[i + 1..];
-                    let mut line = self.partial.split();
-                    if line.last() == Some(&b'\r') {
-                        line.truncate(line.len() - 1);
-                    }
-                    out.push(self.cut(line));
+                    each(self.cut(without_cr(&self.partial)));
+                    self.clear_partial();
                 }
                 None => {
                     self.partial.extend_from_slice(data);
@@ -73,9 +77,8 @@ impl LineSplitter {
                         || (self.partial.len() == self.limit + 1
                             && self.partial.last() != Some(&b'\r'));
                     if over {
-                        let mut line = self.partial.split();
-                        line.truncate(self.limit);
-                        out.push(Line::TooLong(line.freeze()));
+                        each(Line::TooLong(&self.partial[..self.limit]));
+                        self.clear_partial();
                         self.skipping = true;
                     }
                 }
@@ -84,49 +87,74 @@ impl LineSplitter {
     }
 
     /// The stream ended: what follows the last line ending is an [`Line::Unterminated`] line.
-    pub fn finish(&mut self, out: &mut Vec<Line>) {
+    pub fn finish(&mut self, mut each: impl FnMut(Line<'_>)) {
         if !self.partial.is_empty() {
-            let line = self.partial.split();
-            out.push(match self.cut(line) {
+            each(match self.cut(&self.partial) {
                 Line::Complete(line) => Line::Unterminated(line),
                 other => other,
             });
+            self.clear_partial();
         }
         self.skipping = false;
     }
 
-    fn cut(&self, mut line: BytesMut) -> Line {
+    fn cut<'a>(&self, line: &'a [u8]) -> Line<'a> {
         if line.len() > self.limit {
-            line.truncate(self.limit);
-            Line::TooLong(line.freeze())
+            Line::TooLong(&line[..self.limit])
         } else {
-            Line::Complete(line.freeze())
+            Line::Complete(line)
         }
     }
+
+    fn clear_partial(&mut self) {
+        self.partial.clear();
+        if self.partial.capacity() > KEPT_PARTIAL_BYTES {
+            self.partial = Vec::new();
+        }
+    }
+}
+
+fn without_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn split(limit: usize, chunks: &[&[u8]], eof: bool) -> Vec<Line> {
+    /// A line, owned, to compare.
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Complete(Vec<u8>),
+        TooLong(Vec<u8>),
+        Unterminated(Vec<u8>),
+    }
+
+    fn split(limit: usize, chunks: &[&[u8]], eof: bool) -> Vec<Owned> {
         let mut s = LineSplitter::new(limit);
         let mut out = Vec::new();
+        let mut keep = |line: Line<'_>| {
+            out.push(match line {
+                Line::Complete(l) => Owned::Complete(l.to_vec()),
+                Line::TooLong(l) => Owned::TooLong(l.to_vec()),
+                Line::Unterminated(l) => Owned::Unterminated(l.to_vec()),
+            })
+        };
         for c in chunks {
-            s.push(c, &mut out);
+            s.push(c, &mut keep);
         }
         if eof {
-            s.finish(&mut out);
+            s.finish(&mut keep);
         }
         out
     }
 
-    fn complete(s: &str) -> Line {
-        Line::Complete(Bytes::copy_from_slice(s.as_bytes()))
+    fn complete(s: &str) -> Owned {
+        Owned::Complete(s.as_bytes().to_vec())
     }
 
-    fn too_long(s: &str) -> Line {
-        Line::TooLong(Bytes::copy_from_slice(s.as_bytes()))
+    fn too_long(s: &str) -> Owned {
+        Owned::TooLong(s.as_bytes().to_vec())
     }
 
     #[test]
@@ -148,10 +176,7 @@ mod tests {
     fn last_line_without_ending_is_kept_at_end_of_stream() {
         assert_eq!(
             split(100, &[b"a\nlast"], true),
-            [
-                complete("a"),
-                Line::Unterminated(Bytes::from_static(b"last"))
-            ]
+            [complete("a"), Owned::Unterminated(b"last".to_vec())]
         );
         assert_eq!(split(100, &[b"a\n"], true), [complete("a")]);
     }
@@ -190,7 +215,7 @@ mod tests {
     fn bytes_that_are_not_utf8_pass_through() {
         assert_eq!(
             split(10, &[b"\xff\xfe\n"], false),
-            [Line::Complete(Bytes::from_static(b"\xff\xfe"))]
+            [Owned::Complete(b"\xff\xfe".to_vec())]
         );
     }
 }
