@@ -67,6 +67,8 @@ struct Pending {
     dropped: u64,
     /// Whether the thread was woken since it last took the text.
     woken: bool,
+    /// The start of the log line being written (stamp, connection, mark), kept to reuse.
+    prefix: Vec<u8>,
     stamp: StampCache,
 }
 
@@ -130,22 +132,38 @@ impl ServerLog {
             pending.dropped += 1;
             return;
         }
-        let Pending { text, stamp, .. } = &mut *pending;
+        let Pending {
+            text,
+            stamp,
+            prefix,
+            ..
+        } = &mut *pending;
+        prefix.clear();
+        stamp.write(now, prefix);
+        if let Some(conn) = conn {
+            prefix.extend_from_slice(b" conn ");
+            prefix.extend_from_slice(itoa::Buffer::new().format(conn).as_bytes());
+        }
+        prefix.extend_from_slice(&[b' ', mark, b' ']);
         let body = if body.is_ascii() {
             Cow::Borrowed(body)
         } else {
             Cow::Owned(String::from_utf8_lossy(body).into_owned().into_bytes())
         };
-        let body = body.strip_suffix(b"\n").unwrap_or(&body);
-        for line in body.split(|&b| b == b'\n') {
-            stamp.write(now, text);
-            if let Some(conn) = conn {
-                text.extend_from_slice(b" conn ");
-                text.extend_from_slice(itoa::Buffer::new().format(conn).as_bytes());
-            }
-            text.extend_from_slice(&[b' ', mark, b' ']);
+        let mut rest = body.strip_suffix(b"\n").unwrap_or(&body);
+        loop {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            text.reserve(prefix.len() + line.len() + 1);
+            text.extend_from_slice(prefix);
             text.extend_from_slice(line);
             text.push(b'\n');
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
         }
         if text.len() >= WAKE_AT_BYTES && !pending.woken {
             pending.woken = true;
