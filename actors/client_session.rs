@@ -470,14 +470,18 @@ impl ActorFuture<ClientSession> for ReadLoop {
                 let mut filled = ReadBuf::new(buffer);
                 let read = ready!(Pin::new(&mut this.half).poll_read(task, &mut filled));
                 let received = SystemTime::now();
+                let conn = session.conn;
                 let mut take = |line: Line<'_>| session.take_line(line, received, ctx);
                 Poll::Ready(match read {
                     Ok(()) if filled.filled().is_empty() => {
+                        debug!(target: LOG_TARGET, "conn {conn}: end of input");
                         this.splitter.finish(&mut take);
                         true
                     }
                     Ok(()) => {
-                        this.splitter.push(filled.filled(), &mut take);
+                        let bytes = filled.filled();
+                        debug!(target: LOG_TARGET, "conn {conn}: read {} bytes", bytes.len());
+                        this.splitter.push(bytes, &mut take);
                         false
                     }
                     Err(_) => true,
