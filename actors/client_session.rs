@@ -1,9 +1,9 @@
 //! The `ClientSession` actor: one per client TCP connection.
 //!
-//! The session reads its socket itself (a [`ReadLoop`] polled in its own context) and cuts
-//! the bytes into lines ([`crate::line`]); it parses each line ([`crate::protocol`]), asks the store or
-//! the places proxy when the answer needs them, and writes answers in the order of the lines,
-//! even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
+//! The session reads its socket itself (a [`ReadLoop`] polled in its own context, so a read
+//! costs no message) and cuts the bytes into lines ([`crate::line`]); it parses each line
+//! ([`crate::protocol`]), asks the store or the places proxy when the answer needs them, and
+//! writes answers in the order of the lines, even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
 //! when its answer is known, and the filled slots at the front go to the socket together.
 //!
 //! A connection whose first words are `PEER <Name>` from a configured neighbor becomes the

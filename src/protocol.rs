@@ -242,13 +242,6 @@ pub struct ClientTime<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nanos(pub i128);
 
-impl Nanos {
-    /// The current time of this server.
-    pub fn now() -> Nanos {
-        Nanos::from(SystemTime::now())
-    }
-}
-
 impl From<SystemTime> for Nanos {
     fn from(t: SystemTime) -> Nanos {
         match t.duration_since(UNIX_EPOCH) {
@@ -485,14 +478,6 @@ thread_local! {
 /// are not UTF-8, and a line ending.
 pub fn invalid_answer(line: &[u8]) -> String {
     format!("? {}\n", String::from_utf8_lossy(line))
-}
-
-/// The answer to an IAMAT: its AT line and a line ending.
-pub fn at_answer(record: &Record) -> String {
-    let mut answer = String::with_capacity(record.line.len() + 1);
-    answer.push_str(&record.line);
-    answer.push('\n');
-    answer
 }
 
 /// The answer to a WHATSAT (SPEC section 2): the AT line, then the JSON with every run of

@@ -5,12 +5,11 @@
 //! it wait. The caller formats the log line straight into a shared buffer (a few tens of
 //! nanoseconds: the date part of the timestamp is formatted once a second), and a thread of
 //! the log's own swaps the buffer out every few milliseconds (sooner when a burst fills it)
-//! and writes it to the file. That
-//! thread only makes one `write` per interval, so it never holds the server's core for long
-//! (formatting there made it run for hundreds of microseconds at a time, which showed as a
-//! doubled p99 latency under load). The buffer is bounded: if the disk cannot keep up,
-//! events are counted and dropped rather than held in memory, and the file says how many
-//! were lost.
+//! and writes it to the file, at a lower priority than the server's thread. That thread only
+//! makes one `write` per turn, so it never holds the server's core for long (formatting
+//! there made it run for hundreds of microseconds at a time, which showed as a doubled p99
+//! latency under load). The buffer is bounded: if the disk cannot keep up, events are
+//! counted and dropped rather than held in memory, and the file says how many were lost.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
