@@ -9,7 +9,9 @@
 //! handled as integers or decimal text, never through a float.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The longest client id a client may use, in bytes (SPEC section 2).
@@ -310,6 +312,8 @@ impl Radius {
 /// every WHATSAT copies byte for byte; beside it only what ordering needs (the client time)
 /// and where the client id sits in the line. A server may hold millions of these, so the
 /// position is parsed from the line again when a WHATSAT needs it, rather than stored.
+/// The client id's hash rides along in what would otherwise be padding, so that a store
+/// places and moves records without reading their lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     line: Arc<str>,
@@ -319,6 +323,21 @@ pub struct Record {
     /// Where the client id starts in `line`, and its length (at most 256 bytes).
     client_start: u32,
     client_len: u16,
+    /// [`client_hash`] of the client id.
+    client_hash: u32,
+}
+
+// A store holds millions of records: the hash must not make one bigger.
+const _: () = assert!(std::mem::size_of::<Record>() == 40);
+
+/// Hashes client ids, with a seed drawn once per process (so ids cannot be chosen to
+/// collide).
+static CLIENT_HASHER: LazyLock<hashbrown::DefaultHashBuilder> = LazyLock::new(Default::default);
+
+/// The hash of a client id, as records carry it.
+pub fn client_hash(client: &str) -> u32 {
+    // Truncated to 32 bits: enough for tables of billions of slots.
+    CLIENT_HASHER.hash_one(client) as u32
 }
 
 impl Record {
@@ -381,6 +400,7 @@ impl Record {
                 nanos,
                 client_start,
                 client_len: client.len() as u16,
+                client_hash: client_hash(client),
             }
         })
     }
@@ -393,6 +413,11 @@ impl Record {
     /// The AT line, shared.
     pub fn shared_line(&self) -> Arc<str> {
         Arc::clone(&self.line)
+    }
+
+    /// [`client_hash`] of [`Record::client`], computed when the record was made.
+    pub fn client_hash(&self) -> u32 {
+        self.client_hash
     }
 
     /// The client this record is about.
