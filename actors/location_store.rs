@@ -4,13 +4,18 @@
 //! needs no lock. What it stores it publishes to its subscribers (the `PeerLink`s, which
 //! flood it to the neighbors), and it answers a [`Store`] only once every subscriber has
 //! taken the record: that is how a client's AT answer comes after the record went out on
-//! every link that is up.
+//! every link that is up. The records of all the `Store`s handled in one turn are published
+//! together, once the turn's messages are handled, and their answers go out together once
+//! the links took them: one message per link per turn, not per `Store`.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use log::debug;
 
@@ -28,6 +33,10 @@ pub struct LocationStore {
     records: HashTable<Record>,
     /// Who hears of every record that is stored: the server's links to its neighbors.
     subscribers: Vec<Recipient<Stored>>,
+    /// Records stored this turn and not yet published, in runs of one source each.
+    unpublished: Vec<(Option<Arc<str>>, Vec<Record>)>,
+    /// The answers owed for them, given once the subscribers took them.
+    owed: OwedAnswers,
 }
 
 impl Actor for LocationStore {
@@ -107,14 +116,34 @@ impl LocationStore {
             Entry::Vacant(empty) => Some(empty.insert(record).into_mut()),
         }
     }
+
+    /// Hands the subscribers everything stored this turn, and once all of them took it,
+    /// answers the `Store`s it came from.
+    fn publish(&mut self, ctx: &mut Context<Self>) {
+        let owed = self.owed.take();
+        let mut taken = Vec::new();
+        for (from, records) in std::mem::take(&mut self.unpublished) {
+            let records: Arc<[Record]> = records.into();
+            for subscriber in &self.subscribers {
+                taken.push(subscriber.send(Stored {
+                    records: Arc::clone(&records),
+                    from: from.clone(),
+                }));
+            }
+        }
+        let taken = futures_util::future::join_all(taken);
+        ctx.spawn(taken.into_actor(self).map(move |_, _, _| {
+            for Owed { answer, count } in owed {
+                let _ = answer.send(count);
+            }
+        }));
+    }
 }
 
 impl Handler<Store> for LocationStore {
-    /// A reply at once when no link has to take the records (no task, no allocation), a
-    /// future otherwise.
-    type Result = Response<usize>;
+    type Result = StoreAnswer;
 
-    fn handle(&mut self, Store { records, from }: Store, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Store { records, from }: Store, ctx: &mut Context<Self>) -> StoreAnswer {
         let publish = !self.subscribers.is_empty();
         let offered = records.len();
         let mut count = 0;
@@ -130,19 +159,71 @@ impl Handler<Store> for LocationStore {
         }
         debug!(target: LOG_TARGET, "Store: {count} of {offered} stored");
         if stored.is_empty() {
-            return Response::reply(count);
+            return StoreAnswer::Now(count);
         }
-        let records: Arc<[Record]> = stored.into();
-        let taken = futures_util::future::join_all(self.subscribers.iter().map(|s| {
-            s.send(Stored {
-                records: Arc::clone(&records),
-                from: from.clone(),
-            })
-        }));
-        Response::fut(async move {
-            taken.await;
-            count
-        })
+        if self.unpublished.is_empty() {
+            // Published once this turn's messages are handled: a future that is ready at
+            // once runs after the mailbox is drained, still in this turn.
+            ctx.spawn(fut::ready(()).map(|(), act: &mut LocationStore, ctx| act.publish(ctx)));
+        }
+        match self.unpublished.last_mut() {
+            Some((source, run)) if *source == from => run.extend(stored),
+            _ => self.unpublished.push((from, stored)),
+        }
+        StoreAnswer::Later {
+            count,
+            owed: self.owed.clone(),
+        }
+    }
+}
+
+/// The answer to a [`Store`]: how many records were stored, given at once when no link has
+/// to take them, or once the links took this turn's records.
+pub enum StoreAnswer {
+    /// Now.
+    Now(usize),
+    /// When the turn's records are published and taken.
+    Later {
+        /// The answer.
+        count: usize,
+        /// Where the store keeps what it owes.
+        owed: OwedAnswers,
+    },
+}
+
+/// The answers a store owes for records its subscribers have not taken yet: each `Store`'s
+/// reply channel, with how many records it stored. Shared between the store and the
+/// [`StoreAnswer`]s it returns, which put their channels here.
+#[derive(Clone, Default)]
+pub struct OwedAnswers(Rc<RefCell<Vec<Owed>>>);
+
+/// One `Store`'s reply channel, and its answer.
+struct Owed {
+    answer: OneshotSender<usize>,
+    count: usize,
+}
+
+impl OwedAnswers {
+    fn push(&self, answer: OneshotSender<usize>, count: usize) {
+        self.0.borrow_mut().push(Owed { answer, count });
+    }
+
+    fn take(&self) -> Vec<Owed> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+impl MessageResponse<LocationStore, Store> for StoreAnswer {
+    fn handle(self, _: &mut Context<LocationStore>, answer: Option<OneshotSender<usize>>) {
+        let Some(answer) = answer else {
+            return;
+        };
+        match self {
+            StoreAnswer::Now(count) => {
+                let _ = answer.send(count);
+            }
+            StoreAnswer::Later { count, owed } => owed.push(answer, count),
+        }
     }
 }
 
@@ -198,15 +279,16 @@ mod tests {
         }
     }
 
-    /// Collects what the store publishes.
+    /// Collects what the store publishes, and counts the messages it came in.
     #[derive(Default)]
-    struct Collector(Vec<String>);
+    struct Collector(Vec<String>, usize);
     impl Actor for Collector {
         type Context = Context<Self>;
     }
     impl Handler<Stored> for Collector {
         type Result = ();
         fn handle(&mut self, Stored { records, from }: Stored, _: &mut Context<Self>) {
+            self.1 += 1;
             let from = from.as_deref().unwrap_or("client");
             for record in records.iter() {
                 self.0.push(format!("{from}: {}", record.line()));
@@ -287,6 +369,17 @@ mod tests {
         );
     }
 
+    /// Asks the collector how many `Stored` messages it handled.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct Messages;
+    impl Handler<Messages> for Collector {
+        type Result = usize;
+        fn handle(&mut self, _: Messages, _: &mut Context<Self>) -> usize {
+            self.1
+        }
+    }
+
     /// A subscriber that takes a record only once its gate opens.
     struct Gated(tokio::sync::watch::Receiver<bool>);
     impl Actor for Gated {
@@ -316,6 +409,25 @@ mod tests {
         );
         gate.send(true).unwrap();
         assert_eq!(answer.await.unwrap(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn the_stores_of_one_turn_reach_each_subscriber_in_one_message() {
+        let store = LocationStore::default().start();
+        let collector = Collector::default().start();
+        store
+            .send(Subscribe(collector.clone().recipient()))
+            .await
+            .unwrap();
+        // Queued before the store runs, so handled in one turn.
+        let answers: Vec<_> = (1..=10)
+            .map(|i| store.send(client(record(&format!("AT A +0.000000000 c{i} +1+1 1")))))
+            .collect();
+        for answer in futures_util::future::join_all(answers).await {
+            assert_eq!(answer.unwrap(), 1);
+        }
+        assert_eq!(collector.send(Seen).await.unwrap().len(), 10);
+        assert_eq!(collector.send(Messages).await.unwrap(), 1);
     }
 
     #[actix_rt::test]
