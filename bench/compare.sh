@@ -252,3 +252,7 @@ ab "middle of a chain of three (links up, flooding both ways) vs echo" \
 
 echo
 echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"
+# A log that cannot keep up drops events and says so; none should be dropped here.
+dropped=$(cat "$TMP"/logs/*.log | sed -n 's/.* log buffer full: \([0-9]*\) events not logged$/\1/p' |
+    awk '{ s += $1 } END { print s + 0 }')
+echo "log events dropped: $dropped"

@@ -5,11 +5,12 @@
 //! it wait. The caller formats the log line straight into a shared buffer (a few tens of
 //! nanoseconds: the date part of the timestamp is formatted once a second), and a thread of
 //! the log's own swaps the buffer out every few milliseconds (sooner when a burst fills it)
-//! and writes it to the file, at a lower priority than the server's thread. That thread only
-//! makes one `write` per turn, so it never holds the server's core for long (formatting
-//! there made it run for hundreds of microseconds at a time, which showed as a doubled p99
-//! latency under load). The buffer is bounded: if the disk cannot keep up, events are
-//! counted and dropped rather than held in memory, and the file says how many were lost.
+//! and writes it to the file. That thread only makes one `write` per turn, so it never holds
+//! the server's core for long (formatting there made it run for hundreds of microseconds at
+//! a time, which showed as a doubled p99 latency under load). It keeps the normal priority:
+//! at a lower one it fell behind under heavy load and dropped events. The buffer is
+//! bounded: if the disk cannot keep up, events are counted and dropped rather than held in
+//! memory, and the file says how many were lost.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
@@ -211,23 +212,8 @@ impl LogWriter {
     }
 }
 
-/// Lowers the calling thread's priority (nice 10), so that when it wakes to write it does
-/// not preempt the server's thread on a busy core: its writes wait for a gap instead of
-/// delaying answers (measured: IAMAT throughput +4%, fewer p99 outliers). At nice 10 it
-/// still gets about a tenth of a core that is busy, several times what the writing needs,
-/// so the buffer does not fill. Failing to lower it changes nothing else.
-fn yield_to_the_server() {
-    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no
-    // memory of ours; on Linux, PRIO_PROCESS with a thread id applies to that thread only.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-    }
-}
-
 /// The log thread: every interval, takes the pending text and writes it to the file.
 fn write_out(shared: &Shared, mut file: File) {
-    yield_to_the_server();
     let mut spare = Vec::new();
     loop {
         let closed = shared.closed.load(Ordering::Acquire);
