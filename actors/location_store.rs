@@ -298,6 +298,17 @@ mod tests {
             }
         }
     }
+    /// A store whose one subscriber is a collector.
+    async fn store_with_collector() -> (Addr<LocationStore>, Addr<Collector>) {
+        let store = LocationStore::default().start();
+        let collector = Collector::default().start();
+        store
+            .send(Subscribe(collector.clone().recipient()))
+            .await
+            .unwrap();
+        (store, collector)
+    }
+
     /// Asks the collector what it has seen; queued behind every `Stored` sent before it.
     #[derive(Message)]
     #[rtype(result = "Vec<String>")]
@@ -334,12 +345,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn only_stored_records_are_published() {
-        let store = LocationStore::default().start();
-        let collector = Collector::default().start();
-        store
-            .send(Subscribe(collector.clone().recipient()))
-            .await
-            .unwrap();
+        let (store, collector) = store_with_collector().await;
         for line in [
             "AT A +0.000000000 kiwi +1+1 100",
             "AT A +0.000000000 kiwi +1+1 50",
@@ -416,12 +422,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_stores_of_one_turn_reach_each_subscriber_in_one_message() {
-        let store = LocationStore::default().start();
-        let collector = Collector::default().start();
-        store
-            .send(Subscribe(collector.clone().recipient()))
-            .await
-            .unwrap();
+        let (store, collector) = store_with_collector().await;
         // Queued before the store runs, so handled in one turn.
         let answers: Vec<_> = (1..=10)
             .map(|i| store.send(client(record(&format!("AT A +0.000000000 c{i} +1+1 1")))))

@@ -209,41 +209,20 @@ fn flood_watches_as_a_neighbor_taking_records_off_the_servers_link() {
     std::fs::write(dir.path().join("herd.toml"), config).unwrap();
     let (_server, addr) = start(&["run", "Clark", "-c", "herd.toml"], dir.path());
 
-    let burst = bench(&[
-        "flood",
-        "--send",
-        &addr,
-        "--watch",
-        &addr,
-        "--listen",
-        &watcher,
-        "--count",
-        "300",
-        "--batch",
-        "50",
-        "--timeout",
-        "20",
-    ]);
+    // `herd bench flood` watching Clark as its neighbor Watcher, with `more` options.
+    let as_neighbor = |more: &[&str]| {
+        let args = [
+            "flood", "--send", &addr, "--watch", &addr, "--listen", &watcher,
+        ];
+        bench(&[&args[..], more, &["--timeout", "20"]].concat())
+    };
+    let burst = as_neighbor(&["--count", "300", "--batch", "50"]);
     assert_eq!(burst["watched_by"], "neighbor", "{burst}");
     assert_eq!(number(&burst, "known"), 300, "{burst}");
     assert_eq!(number(&burst, "missing"), 0, "{burst}");
     assert_eq!(number(&burst, "poll_rounds"), 0, "{burst}");
 
-    let rate = bench(&[
-        "flood",
-        "--send",
-        &addr,
-        "--watch",
-        &addr,
-        "--listen",
-        &watcher,
-        "--count",
-        "20",
-        "--rate",
-        "200",
-        "--timeout",
-        "20",
-    ]);
+    let rate = as_neighbor(&["--count", "20", "--rate", "200"]);
     assert_eq!(rate["watched_by"], "neighbor", "{rate}");
     assert_eq!(number(&rate, "known"), 20, "{rate}");
     assert_eq!(number(&rate, "lost"), 0, "{rate}");

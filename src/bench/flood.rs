@@ -159,16 +159,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
 
 async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
     let prefix = format!("f{}", super::run_tag());
-    let mut watch = match &args.listen {
-        Some(listen) => {
-            Watch::Neighbor(NeighborWatch::accept(listen, &prefix, args.count, args.timeout).await?)
-        }
-        None => Watch::Whatsat(
-            Conn::connect(&args.watch)
-                .await
-                .with_context(|| format!("cannot connect to {}", args.watch))?,
-        ),
-    };
+    let mut watch = Watch::open(args, &prefix).await?;
     let visible = progress::visible(args.output.json);
     let acked = Arc::new(AtomicU64::new(0));
     let ticker = progress::counting(visible, "send", args.count, Arc::clone(&acked));
@@ -269,6 +260,21 @@ enum Watch {
 }
 
 impl Watch {
+    /// Connects to the watched server, or (with `--listen`) accepts its link, for the
+    /// records of clients `<prefix>-<i>`.
+    async fn open(args: &FloodArgs, prefix: &str) -> anyhow::Result<Watch> {
+        Ok(match &args.listen {
+            Some(listen) => Watch::Neighbor(
+                NeighborWatch::accept(listen, prefix, args.count, args.timeout).await?,
+            ),
+            None => Watch::Whatsat(
+                Conn::connect(&args.watch)
+                    .await
+                    .with_context(|| format!("cannot connect to {}", args.watch))?,
+            ),
+        })
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Watch::Whatsat(_) => "whatsat",
@@ -342,16 +348,7 @@ async fn poll_burst(
 
 async fn run_rate(args: &FloodArgs, rate: f64) -> anyhow::Result<()> {
     let prefix = format!("p{}", super::run_tag());
-    let mut watch = match &args.listen {
-        Some(listen) => {
-            Watch::Neighbor(NeighborWatch::accept(listen, &prefix, args.count, args.timeout).await?)
-        }
-        None => Watch::Whatsat(
-            Conn::connect(&args.watch)
-                .await
-                .with_context(|| format!("cannot connect to {}", args.watch))?,
-        ),
-    };
+    let mut watch = Watch::open(args, &prefix).await?;
     let watched_by = watch.name();
     let mut send = Conn::connect(&args.send)
         .await
