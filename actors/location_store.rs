@@ -11,15 +11,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
+use std::time::Duration;
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use log::debug;
 
-use crate::protocol::{self, Record};
+use crate::protocol::Record;
+use crate::record_table::RecordTable;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::location_store=debug`.
 pub const LOG_TARGET: &str = "herd::location_store";
@@ -27,17 +26,26 @@ pub const LOG_TARGET: &str = "herd::location_store";
 /// Holds the latest record of every client this server has heard of.
 #[derive(Default)]
 pub struct LocationStore {
-    /// The latest record per client, found by the client id inside the record itself, so
-    /// the id is not stored twice (a server may hold millions of records), and placed by
-    /// the hash the record carries, so growing the table reads no lines.
-    records: HashTable<Record>,
+    /// The latest record per client.
+    records: RecordTable,
     /// Who hears of every record that is stored: the server's links to its neighbors.
     subscribers: Vec<Recipient<Stored>>,
     /// Records stored this turn and not yet published, in runs of one source each.
     unpublished: Vec<(Option<Arc<str>>, Vec<Record>)>,
     /// The answers owed for them, given once the subscribers took them.
     owed: OwedAnswers,
+    /// Whether a [`GROWTH_TICK`] is scheduled.
+    growth_tick_scheduled: bool,
+    /// Whether records were offered since the last growth tick.
+    offered_since_tick: bool,
 }
+
+/// How often a store whose table is growing moves more of it when no records came: offers
+/// move it along too (`RecordTable::offer`), but an idle server should not hold two tables.
+const GROWTH_TICK: Duration = Duration::from_millis(1);
+
+/// Buckets moved per idle growth tick: ~1k, tens of microseconds, 4 s for 4 million.
+const BUCKETS_PER_GROWTH_TICK: usize = 1024;
 
 impl Actor for LocationStore {
     type Context = Context<Self>;
@@ -91,30 +99,20 @@ pub struct Snapshot;
 #[rtype(result = "()")]
 pub struct Subscribe(pub Recipient<Stored>);
 
-/// A record's 32-bit client hash spread over the 64 bits the table uses: the low bits pick
-/// the slot, the top seven tell slots apart, and the multiplication gives both all of it.
-fn table_hash(client_hash: u32) -> u64 {
-    u64::from(client_hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 impl LocationStore {
-    /// Stores `record` if it supersedes the one held for its client; returns it if so.
-    fn offer(&mut self, record: Record) -> Option<&Record> {
-        let hash = table_hash(record.client_hash());
-        let entry = self.records.entry(
-            hash,
-            |held| held.client_hash() == record.client_hash() && held.client() == record.client(),
-            |held| table_hash(held.client_hash()),
-        );
-        match entry {
-            Entry::Occupied(held) if !record.supersedes(held.get()) => None,
-            Entry::Occupied(held) => {
-                let held = held.into_mut();
-                *held = record;
-                Some(held)
-            }
-            Entry::Vacant(empty) => Some(empty.insert(record).into_mut()),
+    /// While the table grows, moves more of it in each [`GROWTH_TICK`] without offers.
+    fn schedule_growth_tick(&mut self, ctx: &mut Context<Self>) {
+        if self.growth_tick_scheduled || !self.records.is_growing() {
+            return;
         }
+        self.growth_tick_scheduled = true;
+        ctx.run_later(GROWTH_TICK, |act, ctx| {
+            act.growth_tick_scheduled = false;
+            if !std::mem::take(&mut act.offered_since_tick) {
+                act.records.move_buckets(BUCKETS_PER_GROWTH_TICK);
+            }
+            act.schedule_growth_tick(ctx);
+        });
     }
 
     /// Hands the subscribers everything stored this turn, and once all of them took it,
@@ -150,7 +148,7 @@ impl Handler<Store> for LocationStore {
         let mut stored = Vec::new();
         for record in records {
             debug!(target: LOG_TARGET, "Store {:?} from {from:?}", record.line());
-            if let Some(record) = self.offer(record) {
+            if let Some(record) = self.records.offer(record) {
                 count += 1;
                 if publish {
                     stored.push(record.clone());
@@ -158,6 +156,8 @@ impl Handler<Store> for LocationStore {
             }
         }
         debug!(target: LOG_TARGET, "Store: {count} of {offered} stored");
+        self.offered_since_tick = true;
+        self.schedule_growth_tick(ctx);
         if stored.is_empty() {
             return StoreAnswer::Now(count);
         }
@@ -234,11 +234,7 @@ impl Handler<Lookup> for LocationStore {
     type Result = Option<Record>;
 
     fn handle(&mut self, Lookup(client): Lookup, _: &mut Context<Self>) -> Option<Record> {
-        let hash = table_hash(protocol::client_hash(&client));
-        let found = self
-            .records
-            .find(hash, |held| held.client() == &*client)
-            .cloned();
+        let found = self.records.get(&client).cloned();
         debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
         found
     }
@@ -266,7 +262,6 @@ impl Handler<Subscribe> for LocationStore {
 mod tests {
     use super::*;
     use crate::protocol::Command;
-    use std::time::Duration;
 
     fn client(record: Record) -> Store {
         Store {
@@ -432,6 +427,47 @@ mod tests {
         }
         assert_eq!(collector.send(Seen).await.unwrap().len(), 10);
         assert_eq!(collector.send(Messages).await.unwrap(), 1);
+    }
+
+    /// Asks the store whether its table is still growing.
+    #[derive(Message)]
+    #[rtype(result = "bool")]
+    struct Growing;
+    impl Handler<Growing> for LocationStore {
+        type Result = bool;
+        fn handle(&mut self, _: Growing, _: &mut Context<Self>) -> bool {
+            self.records.is_growing()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_idle_store_finishes_growing_its_table() {
+        let store = LocationStore::default().start();
+        // 1,000 records: the table grew at 896 and is still moving its old entries.
+        let records = (0..1_000)
+            .map(|i| record(&format!("AT A +0.000000000 c{i} +1+1 1")))
+            .collect();
+        let stored = store
+            .send(Store {
+                records,
+                from: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, 1_000);
+        assert!(store.send(Growing).await.unwrap());
+        let finished = async {
+            while store.send(Growing).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), finished)
+            .await
+            .expect("the growth never finished");
+        for i in [0, 500, 999] {
+            let client = format!("c{i}").into_boxed_str();
+            assert!(store.send(Lookup(client)).await.unwrap().is_some());
+        }
     }
 
     #[actix_rt::test]

@@ -8,6 +8,7 @@
 //!
 //! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
 //! - [`line`]: cutting a byte stream into lines, with a length limit.
+//! - [`record_table`]: the latest record per client, in a table that grows without a stall.
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
@@ -34,4 +35,5 @@ pub mod places_json;
 pub mod places_new;
 pub mod places_server;
 pub mod protocol;
+pub mod record_table;
 pub mod server_log;
