@@ -29,7 +29,7 @@ pub struct LocationStore {
     /// The latest record per client.
     records: RecordTable,
     /// Who hears of every record that is stored: the server's links to its neighbors.
-    subscribers: Vec<Recipient<Stored>>,
+    subscribers: Vec<Subscribe>,
     /// Records stored this turn and not yet published, in runs of one source each.
     unpublished: Vec<(Option<Arc<str>>, Vec<Record>)>,
     /// The answers owed for them, given once the subscribers took them.
@@ -94,10 +94,24 @@ pub struct Stored {
 #[rtype(result = "Vec<Arc<str>>")]
 pub struct Snapshot;
 
-/// Adds a subscriber to the records this store stores from now on.
+/// Adds a subscriber to the records this store stores from now on, except those that came
+/// from its own neighbor: a server at the end of a chain then stores what its one link
+/// brings without publishing it to anyone, and answers at once.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Subscribe(pub Recipient<Stored>);
+pub struct Subscribe {
+    /// Who takes the records.
+    pub subscriber: Recipient<Stored>,
+    /// The neighbor it sends them to.
+    pub neighbor: Arc<str>,
+}
+
+impl Subscribe {
+    /// Whether records that came `from` go to this subscriber.
+    fn wants(&self, from: Option<&Arc<str>>) -> bool {
+        from != Some(&self.neighbor)
+    }
+}
 
 impl LocationStore {
     /// While the table grows, moves more of it in each [`GROWTH_TICK`] without offers.
@@ -122,8 +136,8 @@ impl LocationStore {
         let mut taken = Vec::new();
         for (from, records) in std::mem::take(&mut self.unpublished) {
             let records: Arc<[Record]> = records.into();
-            for subscriber in &self.subscribers {
-                taken.push(subscriber.send(Stored {
+            for subscribe in self.subscribers.iter().filter(|s| s.wants(from.as_ref())) {
+                taken.push(subscribe.subscriber.send(Stored {
                     records: Arc::clone(&records),
                     from: from.clone(),
                 }));
@@ -142,7 +156,7 @@ impl Handler<Store> for LocationStore {
     type Result = StoreAnswer;
 
     fn handle(&mut self, Store { records, from }: Store, ctx: &mut Context<Self>) -> StoreAnswer {
-        let publish = !self.subscribers.is_empty();
+        let publish = self.subscribers.iter().any(|s| s.wants(from.as_ref()));
         let offered = records.len();
         let mut count = 0;
         let mut stored = Vec::new();
@@ -251,9 +265,9 @@ impl Handler<Snapshot> for LocationStore {
 impl Handler<Subscribe> for LocationStore {
     type Result = ();
 
-    fn handle(&mut self, Subscribe(subscriber): Subscribe, _: &mut Context<Self>) {
-        debug!(target: LOG_TARGET, "Subscribe");
-        self.subscribers.push(subscriber);
+    fn handle(&mut self, subscribe: Subscribe, _: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "Subscribe (to {})", subscribe.neighbor);
+        self.subscribers.push(subscribe);
     }
 }
 
@@ -297,7 +311,10 @@ mod tests {
         let store = LocationStore::default().start();
         let collector = Collector::default().start();
         store
-            .send(Subscribe(collector.clone().recipient()))
+            .send(Subscribe {
+                subscriber: collector.clone().recipient(),
+                neighbor: "Watcher".into(),
+            })
             .await
             .unwrap();
         (store, collector)
@@ -403,7 +420,13 @@ mod tests {
         let store = LocationStore::default().start();
         let (gate, gated) = tokio::sync::watch::channel(false);
         let subscriber = Gated(gated).start();
-        store.send(Subscribe(subscriber.recipient())).await.unwrap();
+        store
+            .send(Subscribe {
+                subscriber: subscriber.recipient(),
+                neighbor: "Bona".into(),
+            })
+            .await
+            .unwrap();
         let mut answer = Box::pin(store.send(client(record("AT A +0.000000000 kiwi +1+1 1"))));
         let early = tokio::time::timeout(Duration::from_millis(100), &mut answer).await;
         assert!(
@@ -412,6 +435,29 @@ mod tests {
         );
         gate.send(true).unwrap();
         assert_eq!(answer.await.unwrap(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn records_from_a_subscribers_own_neighbor_are_not_published_to_it() {
+        let store = LocationStore::default().start();
+        // A subscriber that never takes anything: a Store published to it is never answered.
+        let (_gate, gated) = tokio::sync::watch::channel(false);
+        store
+            .send(Subscribe {
+                subscriber: Gated(gated).start().recipient(),
+                neighbor: "Bona".into(),
+            })
+            .await
+            .unwrap();
+        let from_bona = Store {
+            records: vec![record("AT Bona +0.000000000 kiwi +1+1 1")],
+            from: Some("Bona".into()),
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), store.send(from_bona))
+            .await
+            .expect("a record from Bona was published back to Bona's link");
+        assert_eq!(answer.unwrap(), 1);
+        assert!(store.send(Lookup("kiwi".into())).await.unwrap().is_some());
     }
 
     #[actix_rt::test]

@@ -150,7 +150,10 @@ impl Node {
                 log.clone(),
             )
             .start();
-            store.do_send(Subscribe(link.clone().recipient()));
+            store.do_send(Subscribe {
+                subscriber: link.clone().recipient(),
+                neighbor: Arc::from(neighbor.name.as_str()),
+            });
             links.push(link);
         }
         let places = PlacesProxy::new(config.places.clone(), key).start();
