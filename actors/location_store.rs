@@ -488,19 +488,23 @@ mod tests {
     #[actix_rt::test]
     async fn an_idle_store_finishes_growing_its_table() {
         let store = LocationStore::default().start();
-        // 900 records: the table grew at the 897th and has moved 256 of its 1,024 buckets.
-        let records = (0..900)
-            .map(|i| record(&format!("AT A +0.000000000 c{i} +1+1 1")))
-            .collect();
-        let stored = store
-            .send(Store {
-                records,
-                from: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(stored, 900);
-        assert!(store.send(Growing).await.unwrap());
+        // Batches of 1,000 new clients until one leaves a table growing.
+        let mut clients = 0;
+        while !store.send(Growing).await.unwrap() {
+            assert!(clients < 1_000_000, "never caught growing");
+            let records = (clients..clients + 1_000)
+                .map(|i| record(&format!("AT A +0.000000000 c{i} +1+1 1")))
+                .collect();
+            let stored = store
+                .send(Store {
+                    records,
+                    from: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(stored, 1_000);
+            clients += 1_000;
+        }
         let finished = async {
             while store.send(Growing).await.unwrap() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -509,7 +513,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), finished)
             .await
             .expect("the growth never finished");
-        for i in [0, 500, 899] {
+        for i in [0, clients / 2, clients - 1] {
             let client = format!("c{i}").into_boxed_str();
             assert!(store.send(Lookup(client)).await.unwrap().is_some());
         }

@@ -10,26 +10,32 @@
 //! IAMAT load, the largest user-space item).
 //!
 //! A hash table that doubles moves every entry at once, and at millions of clients that is
-//! tens of milliseconds in which no client is answered (measured with a table of records:
+//! tens of milliseconds in which no client is answered (measured with one table of records:
 //! the slowest IAMAT of a 5 s load took 20, 37 and 70 ms as a store grew past 1, 2 and 4
-//! million slots). Here a doubling only allocates the bigger index; the entries of the old
-//! one move a few buckets at a time, with every record offered, as Redis's dict rehashes.
-//! Until the old index is empty a client is looked for in both, and each client is in
-//! exactly one of them. The chunks never move.
+//! million slots). So the index is cut in [`SHARDS`] shards by client hash, and a shard
+//! that doubles only allocates its bigger table; the entries of the old one move a few
+//! buckets at a time, with every record offered to that shard, as Redis's dict rehashes.
+//! Until the old table is empty a client is looked for in both, and each client is in
+//! exactly one of them. The shards keep even the allocation small (a table's control
+//! bytes are all written when it is made: 32 MB for an index of 15 million clients in one
+//! piece, which stalled a pipelined load for 26-50 ms). The chunks never move.
 
 use hashbrown::HashTable;
 
 use crate::protocol::{self, Record};
 
-/// Buckets of the old index moved with each offer while the index grows.
+/// Shards of the index, picked by the top bits of the client hash.
+const SHARDS: usize = 64;
+
+/// Buckets of a shard's old table moved with each offer to the shard while it grows.
 ///
-/// The new index has twice the buckets, B of the old become 2B, and room for 7/8 of them,
+/// The new table has twice the buckets, B of the old become 2B, and room for 7/8 of them,
 /// 1.75B entries; the old holds at most 7/8 B. So its B buckets must be emptied within the
 /// 7/8 B offers that could fill the new one: at least 2 buckets per offer. More is cheaper
-/// in all: while the old index is there every new client is looked for in it too.
+/// in all: while the old table is there every new client is looked for in it too.
 const BUCKETS_MOVED_PER_OFFER: usize = 64;
 
-/// The smallest index to grow into.
+/// The smallest table a shard grows into.
 const MIN_CAPACITY: usize = 16;
 
 /// Records per chunk: 2.5 MB of them, so a chunk is its own allocation (its pages are
@@ -39,16 +45,26 @@ const CHUNK_RECORDS: usize = 1 << 16;
 /// The latest record per client. Each client's id is inside its record, not stored again
 /// (a server may hold millions of records), and the index holds the id's hash, so growing
 /// reads no records.
-#[derive(Default)]
 pub struct RecordTable {
     /// The records, [`CHUNK_RECORDS`] to a chunk.
     chunks: Vec<Vec<Record>>,
     /// How many records the chunks hold.
     len: usize,
-    /// Where each client's record is, and once a growth is over, the only index.
-    current: HashTable<Slot>,
-    /// The index being emptied into `current`, if a growth is under way.
-    growth: Option<Growth>,
+    /// Where each client's record is, in [`SHARDS`] shards.
+    shards: Box<[Shard]>,
+    /// How many shards are growing (asked after every `Store`: cheaper than looking).
+    growing: usize,
+}
+
+impl Default for RecordTable {
+    fn default() -> Self {
+        RecordTable {
+            chunks: Vec::new(),
+            len: 0,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            growing: 0,
+        }
+    }
 }
 
 /// One client in the index: where its record is, and its client hash.
@@ -58,33 +74,47 @@ struct Slot {
     client_hash: u32,
 }
 
-/// The old index of a growth, and how far it has been emptied.
+/// One shard of the index: its table, and the one it is growing out of.
+#[derive(Default)]
+struct Shard {
+    /// Where new slots go, and once a growth is over, the only table.
+    current: HashTable<Slot>,
+    /// The table being emptied into `current`, if a growth is under way.
+    growth: Option<Growth>,
+}
+
+/// The old table of a growth, and how far it has been emptied.
 struct Growth {
     old: HashTable<Slot>,
     /// The next of `old`'s buckets to move; those before it are empty.
     next_bucket: usize,
 }
 
-/// A 32-bit client hash spread over the 64 bits the index uses: the low bits pick the
-/// slot, the top seven tell slots apart, and the multiplication gives both all of it.
+/// A 32-bit client hash spread over the 64 bits a table uses: the low bits pick the slot,
+/// the top seven tell slots apart, and the multiplication gives both all of it.
 fn table_hash(client_hash: u32) -> u64 {
     u64::from(client_hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Where a slot goes when the index is rebuilt.
+/// Where a slot goes when a table is rebuilt.
 fn rehash(slot: &Slot) -> u64 {
     table_hash(slot.client_hash)
+}
+
+/// The shard of a client hash: its top bits (the tables use all of it).
+fn shard_of(client_hash: u32) -> usize {
+    (client_hash >> (32 - SHARDS.trailing_zeros())) as usize
 }
 
 impl RecordTable {
     /// Stores `record` if it supersedes the one held for its client (SPEC section 3);
     /// says whether it did.
     pub fn offer(&mut self, record: Record) -> bool {
-        if self.current.len() == self.current.capacity() {
-            self.grow();
-        }
-        self.move_buckets(BUCKETS_MOVED_PER_OFFER);
         let client_hash = record.client_hash();
+        let shard = shard_of(client_hash);
+        if let Some(growing) = self.shards.get_mut(shard).map(Shard::make_room) {
+            self.count_growing(growing);
+        }
         match self.find(client_hash, record.client()) {
             Some(slot) => match self.record_mut(slot) {
                 Some(held) if record.supersedes(held) => {
@@ -98,6 +128,16 @@ impl RecordTable {
                 let Ok(position) = u32::try_from(self.len) else {
                     return false;
                 };
+                let Some(shard) = self.shards.get_mut(shard) else {
+                    return false;
+                };
+                let slot = Slot {
+                    record: position,
+                    client_hash,
+                };
+                shard
+                    .current
+                    .insert_unique(table_hash(client_hash), slot, rehash);
                 match self.chunks.last_mut() {
                     Some(chunk) if chunk.len() < CHUNK_RECORDS => chunk.push(record),
                     _ => {
@@ -107,12 +147,6 @@ impl RecordTable {
                     }
                 }
                 self.len += 1;
-                let slot = Slot {
-                    record: position,
-                    client_hash,
-                };
-                self.current
-                    .insert_unique(table_hash(client_hash), slot, rehash);
                 true
             }
         }
@@ -139,36 +173,37 @@ impl RecordTable {
         self.len == 0
     }
 
-    /// Whether an old index is still being emptied (and holds memory until it is).
+    /// Whether an old table is still being emptied (and holds memory until it is).
     pub fn is_growing(&self) -> bool {
-        self.growth.is_some()
+        self.growing > 0
     }
 
-    /// Moves the entries of up to `buckets` buckets of the old index into the current one,
-    /// and drops the old index once it is empty.
+    /// Moves the entries of up to `buckets` buckets of old tables into the current ones,
+    /// and drops each old table once it is empty.
     pub fn move_buckets(&mut self, buckets: usize) {
-        let Some(growth) = &mut self.growth else {
-            return;
-        };
-        let end = growth
-            .next_bucket
-            .saturating_add(buckets)
-            .min(growth.old.num_buckets());
-        for bucket in growth.next_bucket..end {
-            if let Ok(entry) = growth.old.get_bucket_entry(bucket) {
-                let (slot, _) = entry.remove();
-                // Never grows the current index: it was made big enough for all of the old.
-                self.current.insert_unique(rehash(&slot), slot, rehash);
+        let mut left = buckets;
+        for shard in self.shards.iter_mut() {
+            if left == 0 {
+                break;
             }
+            let (moved, growing) = shard.move_buckets(left);
+            left -= moved;
+            self.growing -= usize::from(growing == Growing::Stopped);
         }
-        growth.next_bucket = end;
-        if growth.old.is_empty() {
-            self.growth = None;
+    }
+
+    /// Counts a shard that started or stopped growing.
+    fn count_growing(&mut self, growing: Growing) {
+        match growing {
+            Growing::Started => self.growing += 1,
+            Growing::Stopped => self.growing -= 1,
+            Growing::Same => {}
         }
     }
 
     /// Where the record of `client` (whose hash is `client_hash`) is, if there is one.
     fn find(&self, client_hash: u32, client: &str) -> Option<Slot> {
+        let shard = self.shards.get(shard_of(client_hash))?;
         let hash = table_hash(client_hash);
         let same_client = |slot: &Slot| {
             slot.client_hash == client_hash
@@ -176,8 +211,8 @@ impl RecordTable {
                     .record(*slot)
                     .is_some_and(|held| held.client() == client)
         };
-        let old = self.growth.as_ref().map(|growth| &growth.old);
-        (self.current.find(hash, same_client))
+        let old = shard.growth.as_ref().map(|growth| &growth.old);
+        (shard.current.find(hash, same_client))
             .or_else(|| old?.find(hash, same_client))
             .copied()
     }
@@ -197,10 +232,59 @@ impl RecordTable {
             .get_mut(position / CHUNK_RECORDS)?
             .get_mut(position % CHUNK_RECORDS)
     }
+}
 
-    /// Starts emptying the full current index into one twice its size.
+/// Whether a shard started or stopped growing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growing {
+    Started,
+    Stopped,
+    Same,
+}
+
+impl Shard {
+    /// Before an offer: starts a growth if the current table is full, and moves some of
+    /// the old one.
+    fn make_room(&mut self) -> Growing {
+        let was = self.growth.is_some();
+        if self.current.len() == self.current.capacity() {
+            self.grow();
+        }
+        self.move_buckets(BUCKETS_MOVED_PER_OFFER);
+        match (was, self.growth.is_some()) {
+            (false, true) => Growing::Started,
+            (true, false) => Growing::Stopped,
+            _ => Growing::Same,
+        }
+    }
+
+    /// Moves the entries of up to `buckets` buckets of the old table into the current one,
+    /// and drops the old table once it is empty; says how many buckets it went through,
+    /// and whether that ended the growth.
+    fn move_buckets(&mut self, buckets: usize) -> (usize, Growing) {
+        let Some(growth) = &mut self.growth else {
+            return (0, Growing::Same);
+        };
+        let start = growth.next_bucket;
+        let end = start.saturating_add(buckets).min(growth.old.num_buckets());
+        for bucket in start..end {
+            if let Ok(entry) = growth.old.get_bucket_entry(bucket) {
+                let (slot, _) = entry.remove();
+                // Never grows the current table: it was made big enough for all of the old.
+                self.current.insert_unique(rehash(&slot), slot, rehash);
+            }
+        }
+        growth.next_bucket = end;
+        if growth.old.is_empty() {
+            self.growth = None;
+            return (end - start, Growing::Stopped);
+        }
+        (end - start, Growing::Same)
+    }
+
+    /// Starts emptying the full current table into one twice its size.
     fn grow(&mut self) {
-        // The current index cannot fill while the last growth is under way (see
+        // The current table cannot fill while the last growth is under way (see
         // `BUCKETS_MOVED_PER_OFFER`); if it ever did, that growth is finished first.
         self.move_buckets(usize::MAX);
         let capacity = (2 * self.current.capacity()).max(MIN_CAPACITY);
@@ -263,6 +347,8 @@ mod tests {
                 table.get(&client).map(Record::time),
                 expected.get(&client).map(|&s| record(&client, s).time())
             );
+            let growing = table.shards.iter().filter(|s| s.growth.is_some()).count();
+            assert_eq!(table.growing, growing);
             seen_growing += usize::from(table.is_growing());
         }
         assert!(seen_growing > 100, "never caught growing");
@@ -288,6 +374,7 @@ mod tests {
         }
         table.move_buckets(usize::MAX);
         assert!(!table.is_growing());
+        assert!(table.shards.iter().all(|s| s.growth.is_none()));
         assert_eq!(table.len(), i);
         assert!((0..i).all(|c| table.get(&format!("c{c}")).is_some()));
     }
