@@ -264,6 +264,8 @@ impl Handler<Stored> for PeerLink {
     type Result = ();
 
     fn handle(&mut self, Stored { records, from }: Stored, ctx: &mut Context<Self>) {
+        // The store leaves these out already (`Subscribe::neighbor`); a link checks too,
+        // as it must never send a neighbor its own records back.
         if from.as_deref() == Some(&*self.neighbor) {
             return;
         }

@@ -4,10 +4,10 @@
 //! Records live in chunks, appended in the order their clients were first seen; a hash
 //! index maps each client to its record by position. A new client's record is written at
 //! the end of the last chunk, next to the one before it, and the index it goes into holds
-//! 8 bytes per slot, a twentieth of the records' memory: at millions of clients the index
-//! stays in the processor's cache where a table of the records themselves (40 bytes a slot)
-//! cost two trips to memory per new client (measured: ~6% of a server's time under
-//! IAMAT load, the largest user-space item).
+//! 8 bytes per slot (and one control byte): at millions of clients the index mostly stays
+//! in the processor's cache, where a table of the 40-byte records themselves cost two trips
+//! to memory per new client (measured: ~6% of a server's time under IAMAT load, the
+//! largest user-space item).
 //!
 //! A hash table that doubles moves every entry at once, and at millions of clients that is
 //! tens of milliseconds in which no client is answered (measured with one table of records:
@@ -18,7 +18,7 @@
 //! Until the old table is empty a client is looked for in both, and each client is in
 //! exactly one of them. The shards keep even the allocation small (a table's control
 //! bytes are all written when it is made: 32 MB for an index of 15 million clients in one
-//! piece, which stalled a pipelined load for 26-50 ms). The chunks never move.
+//! piece, which stalled a pipelined load for 35-97 ms). The chunks never move.
 
 use hashbrown::HashTable;
 
