@@ -117,25 +117,51 @@ mean() {
     printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n; else print 0 }'
 }
 
+# mean2 NUMBERS...: their mean, to two decimals.
+mean2() {
+    printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'
+}
+
 # ratio A B: A / B to two decimals.
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
 
-# ab TITLE ADDR_A NAME_A ADDR_B NAME_B IAMAT_OPTIONS...: IAMAT load on A and B alternately,
-# ROUNDS times each; prints every run and the ratios B/A of the means.
+# cpu_ticks PIDS...: the CPU time (user and system, in clock ticks) of all the threads of
+# the processes PIDS so far.
+cpu_ticks() {
+    local pid
+    for pid in "$@"; do cat /proc/"$pid"/task/*/stat 2>/dev/null; done |
+        sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
+}
+
+# ab TITLE ADDR_A NAME_A PIDS_A ADDR_B NAME_B PIDS_B IAMAT_OPTIONS...: IAMAT load on A and B
+# alternately, ROUNDS times each; prints every run, with the CPU time the processes PIDS_A
+# (or PIDS_B, space-separated) took per request, and the ratios B/A of the means. CPU per
+# request does not depend on whether the load tool keeps up, as throughput does.
 ab() {
-    local title=$1 addr_a=$2 name_a=$3 addr_b=$4 name_b=$5
-    shift 5
-    local -a rps_a=() rps_b=() p99_a=() p99_b=()
-    local round side addr name json rps p50 p99 errors
+    local title=$1 addr_a=$2 name_a=$3 pids_a=$4 addr_b=$5 name_b=$6 pids_b=$7
+    shift 7
+    local -a rps_a=() rps_b=() p99_a=() p99_b=() cpu_a=() cpu_b=()
+    local round side addr name pids json rps p50 p99 errors before after cpu
+    local tick
+    tick=$(getconf CLK_TCK)
     echo
     echo "== $title: IAMAT $*, $ROUNDS rounds of $name_a and $name_b, ${DURATION}s each"
-    printf '  %-6s %-9s %10s %8s %8s %8s %7s\n' round server req/s p50us p99us maxus errors
+    printf '  %-6s %-9s %10s %8s %8s %8s %7s %11s\n' round server req/s p50us p99us maxus errors \
+        cpu-us/req
     for round in $(seq "$ROUNDS"); do
         for side in A B; do
-            if [[ $side == A ]]; then addr=$addr_a name=$name_a; else addr=$addr_b name=$name_b; fi
+            if [[ $side == A ]]; then
+                addr=$addr_a name=$name_a pids=$pids_a
+            else
+                addr=$addr_b name=$name_b pids=$pids_b
+            fi
+            # shellcheck disable=SC2086 # PIDS is a list
+            before=$(cpu_ticks $pids)
             json=$(bench iamat --addr "$addr" --duration "$DURATION" "$@" --json)
+            # shellcheck disable=SC2086
+            after=$(cpu_ticks $pids)
             if [[ -z $json ]]; then
                 continue
             fi
@@ -143,16 +169,23 @@ ab() {
             p50=$(field p50 <<<"$json")
             p99=$(field p99 <<<"$json")
             errors=$(field errors <<<"$json")
-            printf '  %-6s %-9s %10.0f %8s %8s %8s %7s\n' "$round" "$name" "$rps" "$p50" "$p99" \
-                "$(field max <<<"$json")" "$errors"
-            if [[ $side == A ]]; then rps_a+=("$rps") p99_a+=("$p99"); else rps_b+=("$rps") p99_b+=("$p99"); fi
+            cpu=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$(field count <<<"$json")" \
+                'BEGIN { if (n > 0) printf "%.2f", t / hz / n * 1e6; else print 0 }')
+            printf '  %-6s %-9s %10.0f %8s %8s %8s %7s %11s\n' "$round" "$name" "$rps" "$p50" \
+                "$p99" "$(field max <<<"$json")" "$errors" "$cpu"
+            if [[ $side == A ]]; then
+                rps_a+=("$rps") p99_a+=("$p99") cpu_a+=("$cpu")
+            else
+                rps_b+=("$rps") p99_b+=("$p99") cpu_b+=("$cpu")
+            fi
         done
     done
-    local ra rb pa pb
+    local ra rb pa pb ca cb
     ra=$(mean "${rps_a[@]}") rb=$(mean "${rps_b[@]}") pa=$(mean "${p99_a[@]}") pb=$(mean "${p99_b[@]}")
-    printf '  mean   %-9s %10s req/s, p99 %s us\n' "$name_a" "$ra" "$pa"
-    printf '  mean   %-9s %10s req/s, p99 %s us\n' "$name_b" "$rb" "$pb"
-    echo "  ratio $name_b/$name_a: throughput $(ratio "$rb" "$ra"), p99 $(ratio "$pb" "$pa")"
+    ca=$(mean2 "${cpu_a[@]}") cb=$(mean2 "${cpu_b[@]}")
+    printf '  mean   %-9s %10s req/s, p99 %s us, CPU %s us/req\n' "$name_a" "$ra" "$pa" "$ca"
+    printf '  mean   %-9s %10s req/s, p99 %s us, CPU %s us/req\n' "$name_b" "$rb" "$pb" "$cb"
+    echo "  ratio $name_b/$name_a: throughput $(ratio "$rb" "$ra"), p99 $(ratio "$pb" "$pa"), CPU per request $(ratio "$cb" "$ca")"
 }
 
 mkdir -p "$TMP/logs"
@@ -205,11 +238,14 @@ EOF
 echo "herd bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 start echo "${SERVER_CPU[@]}" "$BIN" bench echo-server --addr "$ECHO_ADDR"
+ECHO_PID=$LAST_PID
 start clark env GOOGLE_PLACES_API_KEY=bench "${SERVER_CPU[@]}" "$BIN" run Clark -c "$TMP/single.toml"
 CLARK_PID=$LAST_PID
 
-ab "one server vs echo" "$ECHO_ADDR" echo "$CLARK_ADDR" herd --conns "$CONNS"
-ab "one server vs echo, pipelined" "$ECHO_ADDR" echo "$CLARK_ADDR" herd --conns 4 --pipeline 16
+ab "one server vs echo" "$ECHO_ADDR" echo "$ECHO_PID" "$CLARK_ADDR" herd "$CLARK_PID" \
+    --conns "$CONNS"
+ab "one server vs echo, pipelined" "$ECHO_ADDR" echo "$ECHO_PID" "$CLARK_ADDR" herd "$CLARK_PID" \
+    --conns 4 --pipeline 16
 
 echo
 echo "== WHATSAT: the latency the herd adds over calling the places server directly"
@@ -229,8 +265,11 @@ bench records --addr "$JAQUEZ_ADDR" --count "$RECORDS" --pid "$JAQUEZ_PID"
 stop "$JAQUEZ_PID"
 
 start bailey env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bailey -c "$TMP/chain.toml"
+CHAIN_PIDS=$LAST_PID
 start bona env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bona -c "$TMP/chain.toml"
+CHAIN_PIDS+=" $LAST_PID"
 start campbell env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Campbell -c "$TMP/chain.toml"
+CHAIN_PIDS+=" $LAST_PID"
 # The links are up once a record sent to one end is known at the other.
 bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 15 --json >/dev/null
 
@@ -247,8 +286,9 @@ done
 bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --listen "$WATCHER_ADDR" \
     --count "$RATE_COUNT" --rate "$RATE"
 
+# CPU per request of the chain: all three servers' (they share the core).
 ab "middle of a chain of three (links up, flooding both ways) vs echo" \
-    "$ECHO_ADDR" echo "$BONA_ADDR" herd-mid --conns "$CONNS"
+    "$ECHO_ADDR" echo "$ECHO_PID" "$BONA_ADDR" herd-mid "$CHAIN_PIDS" --conns "$CONNS"
 
 echo
 echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"
