@@ -67,8 +67,10 @@ struct Pending {
     dropped: u64,
     /// Whether the thread was woken since it last took the text.
     woken: bool,
-    /// The start of the log line being written (stamp, connection, mark), kept to reuse.
+    /// The start of the last log line written (stamp, connection, mark), and what it was
+    /// made from: the lines of one read, or the answers sent together, share it.
     prefix: Vec<u8>,
+    prefix_of: Option<(SystemTime, Option<u64>, u8)>,
     stamp: StampCache,
 }
 
@@ -136,15 +138,19 @@ impl ServerLog {
             text,
             stamp,
             prefix,
+            prefix_of,
             ..
         } = &mut *pending;
-        prefix.clear();
-        stamp.write(now, prefix);
-        if let Some(conn) = conn {
-            prefix.extend_from_slice(b" conn ");
-            prefix.extend_from_slice(itoa::Buffer::new().format(conn).as_bytes());
+        if *prefix_of != Some((now, conn, mark)) {
+            prefix.clear();
+            stamp.write(now, prefix);
+            if let Some(conn) = conn {
+                prefix.extend_from_slice(b" conn ");
+                prefix.extend_from_slice(itoa::Buffer::new().format(conn).as_bytes());
+            }
+            prefix.extend_from_slice(&[b' ', mark, b' ']);
+            *prefix_of = Some((now, conn, mark));
         }
-        prefix.extend_from_slice(&[b' ', mark, b' ']);
         let body = if body.is_ascii() {
             Cow::Borrowed(body)
         } else {
@@ -246,6 +252,7 @@ fn write_out(shared: &Shared, mut file: File) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_line_in_and_out_is_written_with_its_connection() {
@@ -272,6 +279,34 @@ mod tests {
         );
         let stamp = text.split(' ').next().unwrap();
         assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
+    }
+
+    #[test]
+    fn lines_of_one_instant_keep_their_own_connection_and_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let t1 = UNIX_EPOCH + Duration::new(1_700_000_000, 1_000);
+        let t2 = t1 + Duration::from_micros(1);
+        log.line_in(1, t1, b"a");
+        log.line_in(1, t1, b"b");
+        log.line_in(2, t1, b"c");
+        log.answer_out(2, t1, b"d");
+        log.answer_out(2, t2, b"e");
+        log.line_in(1, t2, b"f");
+        writer.close();
+        let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "2023-11-14T22:13:20.000001Z conn 1 < a",
+                "2023-11-14T22:13:20.000001Z conn 1 < b",
+                "2023-11-14T22:13:20.000001Z conn 2 < c",
+                "2023-11-14T22:13:20.000001Z conn 2 > d",
+                "2023-11-14T22:13:20.000002Z conn 2 > e",
+                "2023-11-14T22:13:20.000002Z conn 1 < f",
+            ]
+        );
     }
 
     #[test]
