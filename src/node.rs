@@ -176,6 +176,7 @@ impl Node {
             } else {
                 Arc::clone(&neighbors)
             },
+            links: Arc::clone(&neighbors),
         };
         let (stop, stopped) = watch::channel(false);
         let grace = config.places.timeout + SHUTDOWN_GRACE;

@@ -742,6 +742,25 @@ async fn whatsat_uses_the_newest_record_and_an_older_iamat_gets_its_own_at_line(
     assert_eq!(query(&requests[0], "location"), "10,20");
 }
 
+/// A server with no neighbor answers an IAMAT without waiting for its store (no link has to
+/// take the record first); the store still takes it before any later message, so another
+/// connection asking right after the answer finds it.
+#[actix_rt::test]
+async fn a_client_answered_at_one_connection_is_known_at_another_right_after() {
+    let places = PlacesServer::always(LEGACY_ZERO_RESULTS).unwrap();
+    let node = TestNode::start(&places.url(NEARBY_PATH)).await;
+    let mut a = node.connect().await;
+    let mut b = node.connect().await;
+    for i in 0..200 {
+        let answer = a.ask(&format!("IAMAT phone{i} +10+20 1700000000.5")).await;
+        assert!(answer.starts_with("AT Clark "), "{answer:?}");
+        b.send(&format!("WHATSAT phone{i} 10 1\n")).await;
+        let whatsat = b.read_whatsat().await;
+        let (at_line, _) = whatsat_parts(&whatsat);
+        assert_eq!(format!("{at_line}\n"), answer, "phone{i}");
+    }
+}
+
 // --- The log ---------------------------------------------------------------------------------
 
 #[actix_rt::test]
