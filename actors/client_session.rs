@@ -3,8 +3,12 @@
 //! The session reads its socket itself (a [`ReadLoop`] polled in its own context, so a read
 //! costs no message) and cuts the bytes into lines ([`crate::line`]); it parses each line
 //! ([`crate::protocol`]), asks the store or the places proxy when the answer needs them, and
-//! writes answers in the order of the lines, even when a later one is ready first. Every line takes a slot in a queue; a slot is filled
-//! when its answer is known, and the filled slots at the front go to the socket together.
+//! writes answers in the order of the lines, even when a later one is ready first. Every
+//! line takes a slot in a queue; a slot is filled when its answer is known, and the filled
+//! slots at the front go to the socket together.
+//!
+//! An IAMAT's answer waits for the store to say its links took the record (flood before
+//! reply, SPEC section 2), unless the server has no link that could have to take it.
 //!
 //! A connection whose first words are `PEER <Name>` from a configured neighbor becomes the
 //! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
