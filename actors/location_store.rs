@@ -307,17 +307,23 @@ mod tests {
             }
         }
     }
+    /// Subscribes `subscriber`, the link to `neighbor`, to `store`.
+    async fn subscribe(store: &Addr<LocationStore>, subscriber: Recipient<Stored>, neighbor: &str) {
+        let neighbor = neighbor.into();
+        store
+            .send(Subscribe {
+                subscriber,
+                neighbor,
+            })
+            .await
+            .unwrap();
+    }
+
     /// A store whose one subscriber is a collector.
     async fn store_with_collector() -> (Addr<LocationStore>, Addr<Collector>) {
         let store = LocationStore::default().start();
         let collector = Collector::default().start();
-        store
-            .send(Subscribe {
-                subscriber: collector.clone().recipient(),
-                neighbor: "Watcher".into(),
-            })
-            .await
-            .unwrap();
+        subscribe(&store, collector.clone().recipient(), "Watcher").await;
         (store, collector)
     }
 
@@ -420,14 +426,7 @@ mod tests {
     async fn a_store_is_answered_only_once_every_subscriber_took_the_record() {
         let store = LocationStore::default().start();
         let (gate, gated) = tokio::sync::watch::channel(false);
-        let subscriber = Gated(gated).start();
-        store
-            .send(Subscribe {
-                subscriber: subscriber.recipient(),
-                neighbor: "Bona".into(),
-            })
-            .await
-            .unwrap();
+        subscribe(&store, Gated(gated).start().recipient(), "Bona").await;
         let mut answer = Box::pin(store.send(client(record("AT A +0.000000000 kiwi +1+1 1"))));
         let early = tokio::time::timeout(Duration::from_millis(100), &mut answer).await;
         assert!(
@@ -443,13 +442,7 @@ mod tests {
         let store = LocationStore::default().start();
         // A subscriber that never takes anything: a Store published to it is never answered.
         let (_gate, gated) = tokio::sync::watch::channel(false);
-        store
-            .send(Subscribe {
-                subscriber: Gated(gated).start().recipient(),
-                neighbor: "Bona".into(),
-            })
-            .await
-            .unwrap();
+        subscribe(&store, Gated(gated).start().recipient(), "Bona").await;
         let from_bona = Store {
             records: vec![record("AT Bona +0.000000000 kiwi +1+1 1")],
             from: Some("Bona".into()),

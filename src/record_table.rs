@@ -112,8 +112,14 @@ impl RecordTable {
     pub fn offer(&mut self, record: Record) -> bool {
         let client_hash = record.client_hash();
         let shard = shard_of(client_hash);
-        if let Some(growing) = self.shards.get_mut(shard).map(Shard::make_room) {
-            self.count_growing(growing);
+        if let Some(shard) = self.shards.get_mut(shard) {
+            let was_growing = shard.growth.is_some();
+            shard.make_room();
+            match (was_growing, shard.growth.is_some()) {
+                (false, true) => self.growing += 1,
+                (true, false) => self.growing -= 1,
+                _ => {}
+            }
         }
         match self.find(client_hash, record.client()) {
             Some(slot) => match self.record_mut(slot) {
@@ -186,18 +192,11 @@ impl RecordTable {
             if left == 0 {
                 break;
             }
-            let (moved, growing) = shard.move_buckets(left);
-            left -= moved;
-            self.growing -= usize::from(growing == Growing::Stopped);
-        }
-    }
-
-    /// Counts a shard that started or stopped growing.
-    fn count_growing(&mut self, growing: Growing) {
-        match growing {
-            Growing::Started => self.growing += 1,
-            Growing::Stopped => self.growing -= 1,
-            Growing::Same => {}
+            let was_growing = shard.growth.is_some();
+            left -= shard.move_buckets(left);
+            if was_growing && shard.growth.is_none() {
+                self.growing -= 1;
+            }
         }
     }
 
@@ -234,36 +233,21 @@ impl RecordTable {
     }
 }
 
-/// Whether a shard started or stopped growing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Growing {
-    Started,
-    Stopped,
-    Same,
-}
-
 impl Shard {
     /// Before an offer: starts a growth if the current table is full, and moves some of
     /// the old one.
-    fn make_room(&mut self) -> Growing {
-        let was = self.growth.is_some();
+    fn make_room(&mut self) {
         if self.current.len() == self.current.capacity() {
             self.grow();
         }
         self.move_buckets(BUCKETS_MOVED_PER_OFFER);
-        match (was, self.growth.is_some()) {
-            (false, true) => Growing::Started,
-            (true, false) => Growing::Stopped,
-            _ => Growing::Same,
-        }
     }
 
     /// Moves the entries of up to `buckets` buckets of the old table into the current one,
-    /// and drops the old table once it is empty; says how many buckets it went through,
-    /// and whether that ended the growth.
-    fn move_buckets(&mut self, buckets: usize) -> (usize, Growing) {
+    /// and drops the old table once it is empty; says how many buckets it went through.
+    fn move_buckets(&mut self, buckets: usize) -> usize {
         let Some(growth) = &mut self.growth else {
-            return (0, Growing::Same);
+            return 0;
         };
         let start = growth.next_bucket;
         let end = start.saturating_add(buckets).min(growth.old.num_buckets());
@@ -277,9 +261,8 @@ impl Shard {
         growth.next_bucket = end;
         if growth.old.is_empty() {
             self.growth = None;
-            return (end - start, Growing::Stopped);
         }
-        (end - start, Growing::Same)
+        end - start
     }
 
     /// Starts emptying the full current table into one twice its size.
