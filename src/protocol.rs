@@ -33,9 +33,31 @@ fn is_field_separator(b: u8) -> bool {
 }
 
 /// Splits a line into its fields on runs of white space.
-fn fields(line: &str) -> impl Iterator<Item = &str> {
-    line.split(|c: char| c.is_ascii() && is_field_separator(c as u8))
-        .filter(|f| !f.is_empty())
+fn fields(line: &str) -> Fields<'_> {
+    Fields { rest: line }
+}
+
+/// The fields of a line, found byte by byte: the separators are ASCII, and an ASCII byte
+/// is never part of a longer UTF-8 character, so every cut falls between characters (and
+/// there is no character decoding on the hot path).
+struct Fields<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.rest.as_bytes();
+        let start = bytes.iter().position(|&b| !is_field_separator(b))?;
+        let len = bytes[start..]
+            .iter()
+            .position(|&b| is_field_separator(b))
+            .unwrap_or(bytes.len() - start);
+        let (field, rest) = self.rest[start..].split_at(len);
+        self.rest = rest;
+        Some(field)
+    }
 }
 
 /// A parsed line. Borrowed from the line, so that parsing allocates nothing.
@@ -155,8 +177,8 @@ struct Decimal<'a> {
 
 impl<'a> Decimal<'a> {
     fn parse(s: &'a str) -> Option<Self> {
-        let (int, frac) = match s.split_once('.') {
-            Some((int, frac)) if all_digits(frac) => (int, frac),
+        let (int, frac) = match s.bytes().position(|b| b == b'.') {
+            Some(dot) if all_digits(&s[dot + 1..]) => (&s[..dot], &s[dot + 1..]),
             Some(_) => return None,
             None => (s, ""),
         };
@@ -199,7 +221,7 @@ impl<'a> Location<'a> {
     /// within [-90, 90] and [-180, 180].
     pub fn parse(text: &'a str) -> Option<Self> {
         let rest = text.strip_prefix(['+', '-'])?;
-        let split = rest.find(['+', '-'])? + 1;
+        let split = rest.bytes().position(|b| b == b'+' || b == b'-')? + 1;
         let (lat, lng) = text.split_at(split);
         (within(lat, 90) && within(lng, 180)).then_some(Location { text, split })
     }
@@ -259,14 +281,14 @@ impl<'a> ClientTime<'a> {
         let d = Decimal::parse(text)?;
         // u64 seconds reach year 584 billion; longer digit runs are refused, not wrapped.
         let secs: u64 = d.int.parse().ok()?;
-        let mut nanos: i128 = 0;
+        let mut nanos: u32 = 0;
         for i in 0..9 {
             let digit = d.frac.as_bytes().get(i).map_or(0, |b| b - b'0');
-            nanos = nanos * 10 + i128::from(digit);
+            nanos = nanos * 10 + u32::from(digit);
         }
         Some(ClientTime {
             text,
-            nanos: Nanos(i128::from(secs) * NANOS_PER_SEC + nanos),
+            nanos: Nanos(i128::from(secs) * NANOS_PER_SEC + i128::from(nanos)),
         })
     }
 }
@@ -456,7 +478,12 @@ impl TimeDiff {
         let Some(rest) = text.strip_prefix(['+', '-']) else {
             return false;
         };
-        matches!(rest.split_once('.'), Some((s, n)) if all_digits(s) && n.len() == 9 && all_digits(n))
+        match rest.bytes().position(|b| b == b'.') {
+            Some(dot) => {
+                all_digits(&rest[..dot]) && rest.len() - dot == 10 && all_digits(&rest[dot + 1..])
+            }
+            None => false,
+        }
     }
 }
 
