@@ -177,24 +177,34 @@ struct Decimal<'a> {
 
 impl<'a> Decimal<'a> {
     fn parse(s: &'a str) -> Option<Self> {
-        let (int, frac) = match s.bytes().position(|b| b == b'.') {
-            Some(dot) if all_digits(&s[dot + 1..]) => (&s[..dot], &s[dot + 1..]),
-            Some(_) => return None,
+        // One pass: digits and at most one dot, with digits on both sides of it.
+        let mut dot = None;
+        for (i, b) in s.bytes().enumerate() {
+            match b {
+                b'0'..=b'9' => {}
+                b'.' if dot.is_none() => dot = Some(i),
+                _ => return None,
+            }
+        }
+        let (int, frac) = match dot {
+            Some(dot) => (&s[..dot], &s[dot + 1..]),
             None => (s, ""),
         };
-        all_digits(int).then_some(Decimal { int, frac })
+        (!int.is_empty() && (dot.is_none() || !frac.is_empty())).then_some(Decimal { int, frac })
+    }
+
+    /// The whole part's value; `None` past `u64::MAX`.
+    fn int_value(&self) -> Option<u64> {
+        self.int.bytes().try_fold(0u64, |v, b| {
+            v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })
     }
 
     /// Compares the value with a whole number, exactly.
     fn cmp_int(&self, n: u64) -> std::cmp::Ordering {
-        let int = self.int.trim_start_matches('0');
         let frac_zero = self.frac.bytes().all(|b| b == b'0');
-        // More digits than u64 holds is larger than any limit used here.
-        let int_value = if int.len() > 19 {
-            u64::MAX
-        } else {
-            int.parse::<u64>().unwrap_or(0)
-        };
+        // More than u64 holds is larger than any limit used here.
+        let int_value = self.int_value().unwrap_or(u64::MAX);
         int_value.cmp(&n).then(if frac_zero {
             std::cmp::Ordering::Equal
         } else {
@@ -280,7 +290,7 @@ impl<'a> ClientTime<'a> {
     pub fn parse(text: &'a str) -> Option<Self> {
         let d = Decimal::parse(text)?;
         // u64 seconds reach year 584 billion; longer digit runs are refused, not wrapped.
-        let secs: u64 = d.int.parse().ok()?;
+        let secs = d.int_value()?;
         let mut nanos: u32 = 0;
         for i in 0..9 {
             let digit = d.frac.as_bytes().get(i).map_or(0, |b| b - b'0');
