@@ -200,12 +200,14 @@ impl StampCache {
             self.second = Some(second);
         }
         out.extend_from_slice(self.text.as_bytes());
-        // 1_000_000 + micros has seven digits: a 1, then the six wanted.
-        let mut digits = itoa::Buffer::new();
-        let micros = digits.format(1_000_000 + since.subsec_micros());
-        out.push(b'.');
-        out.extend_from_slice(&micros.as_bytes()[1..]);
-        out.push(b'Z');
+        // Always six digits: written into a fixed-size tail, copied in one piece.
+        let mut tail = *b".000000Z";
+        let mut micros = since.subsec_micros();
+        for digit in tail[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        out.extend_from_slice(&tail);
     }
 }
 
