@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# Counts the user-space instructions a server executes per IAMAT, with valgrind's callgrind:
-# a figure that, unlike times on a shared machine, repeats to within a few instructions from
-# one run to the next, so that a change of a few percent in the server's own code can be
-# seen. It leaves out the kernel (the system calls, which are most of a request's time; see
-# compare.sh for those). The echo reference (`herd bench echo-server`) is counted in the same
-# run, as the floor: what reading a line and writing one costs through the same runtime.
+# Counts the user-space instructions a server executes per request, with valgrind's
+# callgrind: a figure that, unlike times on a shared machine, repeats to within ~0.2% from
+# one run to the next, so that a change of 1% in the server's own code can be seen. It
+# leaves out the kernel (the system calls, which are most of a request's time; see
+# compare.sh for those).
 #
 #   bash bench/instructions.sh                       # the release build
 #   bash bench/instructions.sh OLD_BINARY NEW_BINARY # two builds, side by side
 #
-# Each server runs alone under callgrind on 127.0.0.1 (about 50 times slower than normal),
-# its counters zeroed once it listens; `herd bench iamat --conns 50` (a distinct client per
-# IAMAT, so the store grows as it would) loads it for DURATION seconds; the counters are
-# dumped and the server stopped. About 15 s per binary.
+# Two counts per binary:
+# - per IAMAT at one server, loaded by `herd bench iamat --conns 50` (a distinct client per
+#   IAMAT, so the store grows as it would), against the echo reference (`herd bench
+#   echo-server`) counted the same way in the same run: the floor, what reading a line and
+#   writing one costs through the same runtime;
+# - per record at the end of a chain (Bailey - Bona - Campbell, Campbell under callgrind,
+#   the other two run normally, the same load on Bona): what taking a neighbor's record
+#   costs.
+# The server under callgrind runs about 50 times slower than normal; its counters are
+# zeroed once it is ready and dumped when the load is over. About 40 s per binary.
 #
-# Environment: DURATION (seconds of load, 10), PORT (17150), SKIP_BUILD=1 (use the release
-# binary as it is). Needs valgrind (`apt-get install valgrind`).
+# Environment: DURATION (seconds of load, 10), PORT_BASE (first of four ports, 17150),
+# SKIP_BUILD=1 (use the release binary as it is). Needs valgrind (`apt-get install
+# valgrind`). Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
-PORT=${PORT:-17150}
-ADDR=127.0.0.1:$PORT
+PORT_BASE=${PORT_BASE:-17150}
+ADDR=127.0.0.1:$PORT_BASE
+BAILEY_ADDR=127.0.0.1:$((PORT_BASE + 1))
+BONA_ADDR=127.0.0.1:$((PORT_BASE + 2))
+CAMPBELL_ADDR=127.0.0.1:$((PORT_BASE + 3))
 LOAD=target/release/herd
 
 if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
@@ -37,12 +46,11 @@ if [[ ${#BINS[@]} == 0 ]]; then
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/herd-instructions.XXXXXX")
-SERVER=
+PIDS=()
 cleanup() {
-    if [[ -n $SERVER ]]; then
-        kill "$SERVER" 2>/dev/null || true
-        wait "$SERVER" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -59,54 +67,136 @@ dir = "$TMP/logs"
 name = "Clark"
 addr = "$ADDR"
 EOF
+cat >"$TMP/chain.toml" <<EOF
+links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
 
-# count NAME TAG COMMAND...: runs COMMAND (a server on ADDR) under callgrind, loads it,
-# and prints its instructions per IAMAT (in PER_REQUEST too). Its files are $TMP/TAG.*.
-count() {
-    local name=$1 tag=$TMP/$2
-    shift 2
-    local out=$tag.callgrind
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$tag.out" 2>"$tag.err" &
-    SERVER=$!
+[places]
+url = "http://127.0.0.1:9/nearbysearch/json"
+
+[log]
+dir = "$TMP/logs"
+
+[[nodes]]
+name = "Bailey"
+addr = "$BAILEY_ADDR"
+
+[[nodes]]
+name = "Bona"
+addr = "$BONA_ADDR"
+
+[[nodes]]
+name = "Campbell"
+addr = "$CAMPBELL_ADDR"
+EOF
+
+# start TAG COMMAND...: runs a server in the background and waits for its "listening on"
+# line; its pid is then in LAST_PID. Its output goes to $TMP/TAG.out and .err.
+start() {
+    local tag=$TMP/$1
+    shift
+    "$@" >"$tag.out" 2>"$tag.err" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
     local _
     for _ in $(seq 300); do
         if grep -q "listening on" "$tag.out" 2>/dev/null; then
-            break
+            return 0
         fi
-        if ! kill -0 "$SERVER" 2>/dev/null; then
-            echo "$name did not start:" >&2
+        if ! kill -0 "$LAST_PID" 2>/dev/null; then
+            echo "$1 did not start:" >&2
             cat "$tag.err" >&2
             exit 1
         fi
         sleep 0.1
     done
-    callgrind_control --zero "$SERVER" >/dev/null 2>&1
-    local json
-    json=$(timeout $((DURATION + 60)) "$LOAD" bench iamat --addr "$ADDR" --conns 50 \
-        --duration "$DURATION" --json)
-    callgrind_control --dump "$SERVER" >/dev/null 2>&1
-    kill "$SERVER"
-    wait "$SERVER" 2>/dev/null || true
-    SERVER=
-    local requests errors instructions
-    requests=$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")
-    errors=$(sed -n 's/.*"errors":\([0-9]*\).*/\1/p' <<<"$json")
-    # The dump after zeroing is the first numbered part.
-    instructions=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out.1" | head -n 1)
-    if [[ -z $requests || $requests == 0 || -z $instructions ]]; then
-        echo "$name: no figure (requests '${requests}', instructions '${instructions}')" >&2
-        exit 1
-    fi
-    PER_REQUEST=$((instructions / requests))
-    printf '  %-28s %9s %8s %14s %10s\n' "$name" "$requests" "$errors" "$instructions" "$PER_REQUEST"
+    echo "$1 did not start within 30 s" >&2
+    exit 1
 }
 
-echo "user-space instructions per IAMAT under callgrind, ${DURATION}s of --conns 50"
-printf '  %-28s %9s %8s %14s %10s\n' server requests errors instructions per-IAMAT
-count echo echo "$LOAD" bench echo-server --addr "$ADDR"
+# stop PIDS...: stops servers started above.
+stop() {
+    kill "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
+}
+
+# load ADDR: the IAMAT load, as JSON.
+load() {
+    timeout $((DURATION + 60)) "$LOAD" bench iamat --addr "$1" --conns 50 --duration "$DURATION" \
+        --json
+}
+
+# instructions TAG: the instructions counted in TAG's callgrind dump since its zeroing.
+instructions() {
+    # The dump after zeroing is the first numbered part.
+    sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$TMP/$1.callgrind.1" | head -n 1
+}
+
+# report NAME COUNT INSTRUCTIONS: prints a row and sets PER_REQUEST.
+report() {
+    if [[ -z $2 || $2 == 0 || -z $3 ]]; then
+        echo "$1: no figure (count '$2', instructions '$3')" >&2
+        exit 1
+    fi
+    PER_REQUEST=$(($3 / $2))
+    printf '  %-32s %9s %14s %10s\n' "$1" "$2" "$3" "$PER_REQUEST"
+}
+
+# one_server NAME TAG COMMAND...: COMMAND (a server on ADDR) under callgrind, loaded.
+one_server() {
+    local name=$1 tag=$2
+    shift 2
+    start "$tag" valgrind --tool=callgrind --callgrind-out-file="$TMP/$tag.callgrind" "$@"
+    local pid=$LAST_PID json
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    json=$(load "$ADDR")
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    stop "$pid"
+    report "$name" "$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")" "$(instructions "$tag")"
+}
+
+# chain_end NAME TAG BINARY: Campbell under callgrind at the end of a chain loaded at Bona;
+# counts the records it was sent (the AT lines in its log).
+chain_end() {
+    local name=$1 tag=$2 bin=$3
+    rm -rf "$TMP/logs"
+    start "$tag-bailey" "$bin" run Bailey -c "$TMP/chain.toml"
+    local bailey=$LAST_PID
+    start "$tag-bona" "$bin" run Bona -c "$TMP/chain.toml"
+    local bona=$LAST_PID
+    start "$tag" valgrind --tool=callgrind --callgrind-out-file="$TMP/$tag.callgrind" \
+        "$bin" run Campbell -c "$TMP/chain.toml"
+    local campbell=$LAST_PID
+    # The links are up once a record sent to one end is known at the other.
+    "$LOAD" bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 60 \
+        --json >/dev/null
+    callgrind_control --zero "$campbell" >/dev/null 2>&1
+    local before
+    before=$(grep -c " < AT " "$TMP/logs/Campbell.log" || true)
+    load "$BONA_ADDR" >/dev/null
+    # Campbell may still be taking what Bona sent: wait until its log stops growing.
+    local size=-1
+    while [[ $size != $(stat -c %s "$TMP/logs/Campbell.log") ]]; do
+        size=$(stat -c %s "$TMP/logs/Campbell.log")
+        sleep 1
+    done
+    callgrind_control --dump "$campbell" >/dev/null 2>&1
+    stop "$bailey" "$bona" "$campbell"
+    report "$name" "$(($(grep -c " < AT " "$TMP/logs/Campbell.log") - before))" \
+        "$(instructions "$tag")"
+}
+
+echo "user-space instructions under callgrind, ${DURATION}s of herd bench iamat --conns 50"
+echo "per IAMAT at one server (the echo reference: per line):"
+printf '  %-32s %9s %14s %10s\n' server requests instructions per-request
+one_server echo echo "$LOAD" bench echo-server --addr "$ADDR"
 ECHO=$PER_REQUEST
 for i in "${!BINS[@]}"; do
     rm -rf "$TMP/logs"
-    count "${BINS[$i]}" "herd$i" "${BINS[$i]}" run Clark -c "$TMP/one.toml"
+    one_server "${BINS[$i]}" "one$i" "${BINS[$i]}" run Clark -c "$TMP/one.toml"
     echo "    = $(awk -v a="$PER_REQUEST" -v b="$ECHO" 'BEGIN { printf "%.2f", a / b }') x the echo's"
+done
+echo "per record at the end of a chain (Campbell, loaded at Bona):"
+printf '  %-32s %9s %14s %10s\n' server records instructions per-record
+for i in "${!BINS[@]}"; do
+    chain_end "${BINS[$i]}" "end$i" "${BINS[$i]}"
 done
