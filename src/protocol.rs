@@ -64,12 +64,10 @@ impl<'a> Iterator for Fields<'a> {
 fn first_separator(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let mut words = bytes.chunks_exact(8);
+    let (words, _) = bytes.as_chunks::<8>();
     let mut from = 0;
-    for word in words.by_ref() {
-        let word = u64::from_le_bytes([
-            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
-        ]);
+    for &word in words {
+        let word = u64::from_le_bytes(word);
         // Sets the high bit of every byte below 0x21 (and maybe of bytes after the
         // first such one, through the borrow), never of a byte before it.
         let below = word.wrapping_sub(ONES * 0x21) & !word & HIGH_BITS;
@@ -115,7 +113,7 @@ impl<'a> Command<'a> {
             Some("IAMAT") => Iamat::from_fields(&mut f).map(Command::Iamat),
             Some("WHATSAT") => Whatsat::from_fields(&mut f).map(Command::Whatsat),
             Some("PEER") => f.next().map(|name| Command::Hello(Hello { name })),
-            Some("AT") => Record::parse_fields(&mut f).map(Command::At),
+            Some("AT") => Record::parse_fields(line, &mut f).map(Command::At),
             _ => None,
         };
         match parsed {
@@ -411,8 +409,8 @@ impl Record {
         )
     }
 
-    /// Parses an AT line sent by a neighbor (after `AT`).
-    fn parse_fields<'a>(f: &mut impl Iterator<Item = &'a str>) -> Option<Record> {
+    /// Parses an AT line sent by a neighbor: `line`, whose fields after `AT` are `f`.
+    fn parse_fields<'a>(line: &str, f: &mut impl Iterator<Item = &'a str>) -> Option<Record> {
         let server = f.next()?;
         let diff = f.next()?;
         let client = client_id(f.next()?)?;
@@ -421,7 +419,20 @@ impl Record {
         if !TimeDiff::is_valid(diff) {
             return None;
         }
-        // Rebuilt with single spaces, so that every server stores the same bytes.
+        // A neighbor sends the line as its origin wrote it, fields apart by single spaces:
+        // then it is the record's line as it is. Any other spacing is rebuilt, so that
+        // every server stores the same bytes.
+        let fields = [server, diff, client, location.text, time.text];
+        let mut space = "AT".len();
+        let canonical = fields.iter().all(|field| {
+            let here = line.as_bytes().get(space) == Some(&b' ');
+            space += 1 + field.len();
+            here
+        }) && space == line.len();
+        if canonical {
+            let client_start = "AT".len() + 1 + server.len() + 1 + diff.len() + 1;
+            return Some(Self::new(Arc::from(line), client_start, client, &time));
+        }
         Some(Self::assemble(
             server,
             |line| line.push_str(diff),
@@ -429,6 +440,19 @@ impl Record {
             location.text,
             &time,
         ))
+    }
+
+    /// A record of `line`, in which `client` starts at `client_start`.
+    fn new(line: Arc<str>, client_start: usize, client: &str, time: &ClientTime<'_>) -> Record {
+        let (secs, nanos) = split_seconds(time.nanos.0.unsigned_abs());
+        Record {
+            line,
+            secs: secs as u64,
+            nanos,
+            client_start: client_start as u32,
+            client_len: client.len() as u16,
+            client_hash: client_hash(client),
+        }
     }
 
     /// Builds `AT <server> <diff> <client> <location> <time>`; `diff` appends its field.
@@ -447,19 +471,11 @@ impl Record {
             line.push(' ');
             diff(line);
             line.push(' ');
-            let client_start = line.len() as u32;
+            let client_start = line.len();
             for field in [client, " ", location, " ", time.text] {
                 line.push_str(field);
             }
-            let (secs, nanos) = split_seconds(time.nanos.0.unsigned_abs());
-            Record {
-                line: Arc::from(line.as_str()),
-                secs: secs as u64,
-                nanos,
-                client_start,
-                client_len: client.len() as u16,
-                client_hash: client_hash(client),
-            }
+            Self::new(Arc::from(line.as_str()), client_start, client, time)
         })
     }
 
@@ -829,6 +845,27 @@ mod tests {
             "AT Clark +0.263873386 kiwi +34-118",
         ] {
             assert_eq!(Command::parse(bad.as_bytes()), Command::Invalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_at_line_spaced_otherwise_is_stored_as_its_origin_wrote_it() {
+        let line = "AT Clark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503";
+        let Command::At(want) = Command::parse(line.as_bytes()) else {
+            panic!("not an AT line")
+        };
+        for spaced in [
+            " AT Clark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            "AT Clark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503\r",
+            "AT\tClark +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            "AT Clark  +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            "AT Clark +0.263873386\x0bkiwi +34.068930-118.445127\x0c1621464827.959498503",
+        ] {
+            let Command::At(got) = Command::parse(spaced.as_bytes()) else {
+                panic!("not an AT line: {spaced:?}")
+            };
+            assert_eq!(got, want, "{spaced:?}");
+            assert_eq!(got.client(), "kiwi", "{spaced:?}");
         }
     }
 
