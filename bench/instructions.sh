@@ -8,16 +8,17 @@
 #   bash bench/instructions.sh                       # the release build
 #   bash bench/instructions.sh OLD_BINARY NEW_BINARY # two builds, side by side
 #
-# Two counts per binary:
+# Three counts per binary:
 # - per IAMAT at one server, loaded by `herd bench iamat --conns 50` (a distinct client per
 #   IAMAT, so the store grows as it would), against the echo reference (`herd bench
 #   echo-server`) counted the same way in the same run: the floor, what reading a line and
 #   writing one costs through the same runtime;
-# - per record at the end of a chain (Bailey - Bona - Campbell, Campbell under callgrind,
-#   the other two run normally, the same load on Bona): what taking a neighbor's record
-#   costs.
+# - per IAMAT at the middle of a chain (Bailey - Bona - Campbell, Bona under callgrind, the
+#   other two run normally, the same load on Bona): what flooding adds;
+# - per record at the end of that chain (Campbell under callgrind): what taking a
+#   neighbor's record costs.
 # The server under callgrind runs about 50 times slower than normal; its counters are
-# zeroed once it is ready and dumped when the load is over. About 40 s per binary.
+# zeroed once it is ready and dumped when the load is over. About a minute per binary.
 #
 # Environment: DURATION (seconds of load, 10), PORT_BASE (first of four ports, 17150),
 # SKIP_BUILD=1 (use the release binary as it is). Needs valgrind (`apt-get install
@@ -154,35 +155,45 @@ one_server() {
     report "$name" "$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")" "$(instructions "$tag")"
 }
 
-# chain_end NAME TAG BINARY: Campbell under callgrind at the end of a chain loaded at Bona;
-# counts the records it was sent (the AT lines in its log).
-chain_end() {
-    local name=$1 tag=$2 bin=$3
+# chain NAME TAG BINARY TRACED: a chain Bailey - Bona - Campbell loaded at Bona, with
+# TRACED (Bona or Campbell) under callgrind; counts per IAMAT at Bona, or per record sent to
+# Campbell (the AT lines in its log).
+chain() {
+    local name=$1 tag=$2 bin=$3 traced=$4
     rm -rf "$TMP/logs"
-    start "$tag-bailey" "$bin" run Bailey -c "$TMP/chain.toml"
-    local bailey=$LAST_PID
-    start "$tag-bona" "$bin" run Bona -c "$TMP/chain.toml"
-    local bona=$LAST_PID
-    start "$tag" valgrind --tool=callgrind --callgrind-out-file="$TMP/$tag.callgrind" \
-        "$bin" run Campbell -c "$TMP/chain.toml"
-    local campbell=$LAST_PID
+    local -A pid=()
+    local server
+    for server in Bailey Bona Campbell; do
+        if [[ $server == "$traced" ]]; then
+            start "$tag" valgrind --tool=callgrind --callgrind-out-file="$TMP/$tag.callgrind" \
+                "$bin" run "$server" -c "$TMP/chain.toml"
+        else
+            start "$tag-$server" "$bin" run "$server" -c "$TMP/chain.toml"
+        fi
+        pid[$server]=$LAST_PID
+    done
     # The links are up once a record sent to one end is known at the other.
     "$LOAD" bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 60 \
         --json >/dev/null
-    callgrind_control --zero "$campbell" >/dev/null 2>&1
-    local before
-    before=$(grep -c " < AT " "$TMP/logs/Campbell.log" || true)
-    load "$BONA_ADDR" >/dev/null
+    callgrind_control --zero "${pid[$traced]}" >/dev/null 2>&1
+    local log=$TMP/logs/Campbell.log before json
+    before=$(grep -c " < AT " "$log" || true)
+    json=$(load "$BONA_ADDR")
     # Campbell may still be taking what Bona sent: wait until its log stops growing.
     local size=-1
-    while [[ $size != $(stat -c %s "$TMP/logs/Campbell.log") ]]; do
-        size=$(stat -c %s "$TMP/logs/Campbell.log")
+    while [[ $size != $(stat -c %s "$log") ]]; do
+        size=$(stat -c %s "$log")
         sleep 1
     done
-    callgrind_control --dump "$campbell" >/dev/null 2>&1
-    stop "$bailey" "$bona" "$campbell"
-    report "$name" "$(($(grep -c " < AT " "$TMP/logs/Campbell.log") - before))" \
-        "$(instructions "$tag")"
+    callgrind_control --dump "${pid[$traced]}" >/dev/null 2>&1
+    stop "${pid[@]}"
+    local count
+    if [[ $traced == Bona ]]; then
+        count=$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")
+    else
+        count=$(($(grep -c " < AT " "$log") - before))
+    fi
+    report "$name" "$count" "$(instructions "$tag")"
 }
 
 echo "user-space instructions under callgrind, ${DURATION}s of herd bench iamat --conns 50"
@@ -195,8 +206,13 @@ for i in "${!BINS[@]}"; do
     one_server "${BINS[$i]}" "one$i" "${BINS[$i]}" run Clark -c "$TMP/one.toml"
     echo "    = $(awk -v a="$PER_REQUEST" -v b="$ECHO" 'BEGIN { printf "%.2f", a / b }') x the echo's"
 done
+echo "per IAMAT at the middle of a chain (Bona, whose links flood to Bailey and Campbell):"
+printf '  %-32s %9s %14s %10s\n' server requests instructions per-request
+for i in "${!BINS[@]}"; do
+    chain "${BINS[$i]}" "middle$i" "${BINS[$i]}" Bona
+done
 echo "per record at the end of a chain (Campbell, loaded at Bona):"
 printf '  %-32s %9s %14s %10s\n' server records instructions per-record
 for i in "${!BINS[@]}"; do
-    chain_end "${BINS[$i]}" "end$i" "${BINS[$i]}"
+    chain "${BINS[$i]}" "end$i" "${BINS[$i]}" Campbell
 done
