@@ -167,7 +167,8 @@ impl Handler<Store> for LocationStore {
     fn handle(&mut self, Store { records, from }: Store, ctx: &mut Context<Self>) -> StoreAnswer {
         let publish = self.subscribers.iter().any(|s| s.wants(from.as_ref()));
         let offered = records.len();
-        let publishing = !self.unpublished.is_empty();
+        // Records already waiting mean that their publication is scheduled.
+        let publication_scheduled = !self.unpublished.is_empty();
         let mut count = 0;
         for record in records {
             debug!(target: LOG_TARGET, "Store {:?} from {from:?}", record.line());
@@ -185,7 +186,7 @@ impl Handler<Store> for LocationStore {
         if self.unpublished.is_empty() {
             return StoreAnswer::Now(count);
         }
-        if !publishing {
+        if !publication_scheduled {
             // Published after one yield to the other tasks: the sessions that are ready
             // run first, and the records of their `Store`s go in the same messages (one
             // write per link for all of them), at the price of one round of the event

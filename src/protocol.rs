@@ -37,9 +37,9 @@ fn fields(line: &str) -> Fields<'_> {
     Fields { rest: line }
 }
 
-/// The fields of a line, found byte by byte: the separators are ASCII, and an ASCII byte
-/// is never part of a longer UTF-8 character, so every cut falls between characters (and
-/// there is no character decoding on the hot path).
+/// The fields of a line, cut at separator bytes: the separators are ASCII, and an ASCII
+/// byte is never part of a longer UTF-8 character, so every cut falls between characters
+/// and no character is decoded.
 struct Fields<'a> {
     rest: &'a str,
 }
@@ -58,9 +58,9 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// Where the first field separator in `bytes` is, looked for eight bytes at a time: every
-/// separator is below `!` (0x21), and whether a word holds a byte below it takes a few
-/// instructions, where testing each byte took several per byte (a field is most of a
-/// line, so this is most of the parser's work).
+/// separator is below `!` (0x21), and whether a word of eight bytes holds one below it
+/// takes a few instructions, where testing byte by byte took a few per byte (scanning the
+/// fields is most of the parser's work).
 fn first_separator(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
