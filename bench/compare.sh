@@ -10,7 +10,8 @@
 # CPU 1 (taskset), so they do not fight over one core. IAMAT load runs alternate A B A B
 # (echo, herd, echo, herd), four rounds at full size, so that drifts of the machine (which
 # are large on a shared machine) hit both sides alike; each run's figures are printed, then
-# the ratio herd/echo of the means for throughput and p99.
+# the ratio herd/echo of the means for throughput and p99. It ends with each of issue 4's
+# targets, this run's figure for it, and whether it was met.
 # Everything listens on 127.0.0.1 only, every run is bounded in time, and every process
 # this script starts is killed when it exits (also on Ctrl-C).
 #
@@ -122,9 +123,10 @@ mean2() {
     printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'
 }
 
-# ratio A B: A / B to two decimals.
+# ratio A B: A / B to three decimals (two would print 0.597 as 0.60, against a target of
+# 0.6).
 ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'
 }
 
 # cpu_ticks PIDS...: the CPU time (user and system, in clock ticks) of all the threads of
@@ -185,7 +187,16 @@ ab() {
     ca=$(mean2 "${cpu_a[@]}") cb=$(mean2 "${cpu_b[@]}")
     printf '  mean   %-9s %10s req/s, p99 %s us, CPU %s us/req\n' "$name_a" "$ra" "$pa" "$ca"
     printf '  mean   %-9s %10s req/s, p99 %s us, CPU %s us/req\n' "$name_b" "$rb" "$pb" "$cb"
-    echo "  ratio $name_b/$name_a: throughput $(ratio "$rb" "$ra"), p99 $(ratio "$pb" "$pa"), CPU per request $(ratio "$cb" "$ca")"
+    AB_THROUGHPUT=$(ratio "$rb" "$ra") AB_P99=$(ratio "$pb" "$pa")
+    echo "  ratio $name_b/$name_a: throughput $AB_THROUGHPUT, p99 $AB_P99, CPU per request $(ratio "$cb" "$ca")"
+}
+
+# verdict WHAT VALUE OP LIMIT: prints whether VALUE meets the target "OP LIMIT" (<= or >=).
+verdict() {
+    local met
+    met=$(awk -v v="$2" -v op="$3" -v l="$4" \
+        'BEGIN { if (v == "") print "no figure"; else if ((op == "<=") ? v <= l : v >= l) print "met"; else print "MISSED" }')
+    printf '  %-52s %10s  (target %s %s)  %s\n' "$1" "${2:-?}" "$3" "$4" "$met"
 }
 
 mkdir -p "$TMP/logs"
@@ -244,12 +255,14 @@ CLARK_PID=$LAST_PID
 
 ab "one server vs echo" "$ECHO_ADDR" echo "$ECHO_PID" "$CLARK_ADDR" herd "$CLARK_PID" \
     --conns "$CONNS"
+ONE_THROUGHPUT=$AB_THROUGHPUT ONE_P99=$AB_P99
 ab "one server vs echo, pipelined" "$ECHO_ADDR" echo "$ECHO_PID" "$CLARK_ADDR" herd "$CLARK_PID" \
     --conns 4 --pipeline 16
 
 echo
 echo "== WHATSAT: the latency the herd adds over calling the places server directly"
-bench whatsat --addr "$CLARK_ADDR" --places-addr "$PLACES_ADDR" --duration "$WHATSAT_DURATION"
+bench whatsat --addr "$CLARK_ADDR" --places-addr "$PLACES_ADDR" --duration "$WHATSAT_DURATION" |
+    tee -a "$TMP/figures.txt"
 stop "$CLARK_PID"
 
 echo
@@ -260,8 +273,8 @@ if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $((IDLE_CONNS + 200)) ]]; th
     IDLE_CONNS=$(($(ulimit -n) - 200))
     echo "  (open-file limit $(ulimit -n): holding $IDLE_CONNS connections)"
 fi
-bench idle --addr "$JAQUEZ_ADDR" --conns "$IDLE_CONNS" --pid "$JAQUEZ_PID"
-bench records --addr "$JAQUEZ_ADDR" --count "$RECORDS" --pid "$JAQUEZ_PID"
+bench idle --addr "$JAQUEZ_ADDR" --conns "$IDLE_CONNS" --pid "$JAQUEZ_PID" | tee -a "$TMP/figures.txt"
+bench records --addr "$JAQUEZ_ADDR" --count "$RECORDS" --pid "$JAQUEZ_PID" | tee -a "$TMP/figures.txt"
 stop "$JAQUEZ_PID"
 
 start bailey env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bailey -c "$TMP/chain.toml"
@@ -281,14 +294,15 @@ echo "== propagation over two hops (Bailey -> Bona -> Campbell), watched as Camp
 # memory; each is printed.
 for _ in 1 2 3; do
     bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --listen "$WATCHER_ADDR" \
-        --count "$FLOOD_COUNT"
+        --count "$FLOOD_COUNT" | tee -a "$TMP/figures.txt"
 done
 bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --listen "$WATCHER_ADDR" \
-    --count "$RATE_COUNT" --rate "$RATE"
+    --count "$RATE_COUNT" --rate "$RATE" | tee -a "$TMP/figures.txt"
 
 # CPU per request of the chain: all three servers' (they share the core).
 ab "middle of a chain of three (links up, flooding both ways) vs echo" \
     "$ECHO_ADDR" echo "$ECHO_PID" "$BONA_ADDR" herd-mid "$CHAIN_PIDS" --conns "$CONNS"
+CHAIN_THROUGHPUT=$AB_THROUGHPUT
 
 echo
 echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"
@@ -296,3 +310,25 @@ echo "server logs written: $(du -sh "$TMP/logs" | cut -f1) (removed on exit)"
 dropped=$(cat "$TMP"/logs/*.log | sed -n 's/.* log buffer full: \([0-9]*\) events not logged$/\1/p' |
     awk '{ s += $1 } END { print s + 0 }')
 echo "log events dropped: $dropped"
+
+# figure PATTERN: the first number after PATTERN in the figures printed above.
+figure() {
+    sed -n "s/.*$1 *\([0-9.]*\).*/\1/p" "$TMP/figures.txt" | head -n 1
+}
+echo
+echo "== against issue 4's targets (this run$([[ $QUICK == 1 ]] && echo ", QUICK: smaller than the targets' sizes"))"
+verdict "one server: IAMAT throughput / the echo's" "$ONE_THROUGHPUT" ">=" 0.8
+verdict "one server: IAMAT p99 / the echo's" "$ONE_P99" "<=" 1.5
+verdict "chain middle, links up: IAMAT throughput / the echo's" "$CHAIN_THROUGHPUT" ">=" 0.6
+burst=0
+while read -r known_by_ack; do
+    burst=$((burst + 1))
+    verdict "two-hop burst $burst of $FLOOD_COUNT: T_known / T_ack" "$known_by_ack" "<=" 1.5
+done < <(sed -n 's/.*T_known \/ T_ack = \([0-9.]*\).*/\1/p' "$TMP/figures.txt")
+# The propagation row: p50, p90, p99, ... in microseconds.
+verdict "propagation at ${RATE}/s, two hops: p99 (us)" \
+    "$(awk '$1 == "propagation" { print $4; exit }' "$TMP/figures.txt")" "<=" 2000
+verdict "memory per idle connection (bytes)" "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
+verdict "memory per stored record (bytes)" "$(figure "after:")" "<=" 300
+verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50 +")" "<=" 300
+verdict "log events dropped" "$dropped" "<=" 0
