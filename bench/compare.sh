@@ -331,4 +331,3 @@ verdict "propagation at ${RATE}/s, two hops: p99 (us)" \
 verdict "memory per idle connection (bytes)" "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
 verdict "memory per stored record (bytes)" "$(figure "after:")" "<=" 300
 verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50 +")" "<=" 300
-verdict "log events dropped" "$dropped" "<=" 0
