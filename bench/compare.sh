@@ -191,11 +191,14 @@ ab() {
     echo "  ratio $name_b/$name_a: throughput $AB_THROUGHPUT, p99 $AB_P99, CPU per request $(ratio "$cb" "$ca")"
 }
 
-# verdict WHAT VALUE OP LIMIT: prints whether VALUE meets the target "OP LIMIT" (<= or >=).
+# verdict WHAT VALUE OP LIMIT: prints whether VALUE meets the target "OP LIMIT" (<= or >=);
+# a VALUE that is not a number (a benchmark failed) meets nothing.
 verdict() {
     local met
-    met=$(awk -v v="$2" -v op="$3" -v l="$4" \
-        'BEGIN { if (v == "") print "no figure"; else if ((op == "<=") ? v <= l : v >= l) print "met"; else print "MISSED" }')
+    met=$(awk -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
+        if (v !~ /^[0-9]+(\.[0-9]+)?$/) print "no figure"
+        else if ((op == "<=") ? v + 0 <= l + 0 : v + 0 >= l + 0) print "met"
+        else print "MISSED" }')
     printf '  %-52s %10s  (target %s %s)  %s\n' "$1" "${2:-?}" "$3" "$4" "$met"
 }
 
@@ -328,6 +331,7 @@ done < <(sed -n 's/.*T_known \/ T_ack = \([0-9.]*\).*/\1/p' "$TMP/figures.txt")
 # The propagation row: p50, p90, p99, ... in microseconds.
 verdict "propagation at ${RATE}/s, two hops: p99 (us)" \
     "$(awk '$1 == "propagation" { print $4; exit }' "$TMP/figures.txt")" "<=" 2000
-verdict "memory per idle connection (bytes)" "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
+verdict "memory per idle connection (bytes)" \
+    "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
 verdict "memory per stored record (bytes)" "$(figure "after:")" "<=" 300
 verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50 +")" "<=" 300
