@@ -57,45 +57,9 @@ else
     LOAD_CPU=()
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME COMMAND...: runs COMMAND in the background and waits for its "listening on"
-# line; its pid is then in LAST_PID (the command execs, so it is the server's own pid).
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$TMP/$name.out" 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$LAST_PID" 2>/dev/null; then
-            echo "$name did not start:" >&2
-            cat "$TMP/$name.err" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "$name did not start within 10 s" >&2
-    exit 1
-}
-
-# stop PID: stops a server started above.
-stop() {
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
+SCRIPT=bench
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
 
 # bench ARGS...: one benchmark command on the load CPU, bounded in time. A failed one is
 # reported and the script goes on with the next.

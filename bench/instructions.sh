@@ -46,16 +46,9 @@ if [[ ${#BINS[@]} == 0 ]]; then
     BINS=("$LOAD")
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/herd-instructions.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+SCRIPT=instructions START_WAIT_S=30
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
 
 cat >"$TMP/one.toml" <<EOF
 [places]
@@ -89,36 +82,6 @@ addr = "$BONA_ADDR"
 name = "Campbell"
 addr = "$CAMPBELL_ADDR"
 EOF
-
-# start TAG COMMAND...: runs a server in the background and waits for its "listening on"
-# line; its pid is then in LAST_PID. Its output goes to $TMP/TAG.out and .err.
-start() {
-    local tag=$TMP/$1
-    shift
-    "$@" >"$tag.out" 2>"$tag.err" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    local _
-    for _ in $(seq 300); do
-        if grep -q "listening on" "$tag.out" 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$LAST_PID" 2>/dev/null; then
-            echo "$1 did not start:" >&2
-            cat "$tag.err" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "$1 did not start within 30 s" >&2
-    exit 1
-}
-
-# stop PIDS...: stops servers started above.
-stop() {
-    kill "$@" 2>/dev/null || true
-    wait "$@" 2>/dev/null || true
-}
 
 # load ADDR: the IAMAT load, as JSON.
 load() {

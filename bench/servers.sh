@@ -1,0 +1,47 @@
+# Sourced by the scripts of bench/: a temporary directory ($TMP, named after $SCRIPT),
+# servers started in the background and waited for, and every one of them stopped, and the
+# directory removed, when the script exits (also on Ctrl-C).
+#
+# START_WAIT_S: how long a server may take to say it listens (10 s; more under valgrind).
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/herd-${SCRIPT:-bench}.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME COMMAND...: runs COMMAND in the background (output in $TMP/NAME.out and .err)
+# and waits for its "listening on" line; its pid is then in LAST_PID (the command execs,
+# so it is the server's own pid).
+start() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    local _
+    for _ in $(seq $((${START_WAIT_S:-10} * 10))); do
+        if grep -q "listening on" "$TMP/$name.out" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$LAST_PID" 2>/dev/null; then
+            echo "$name did not start:" >&2
+            cat "$TMP/$name.err" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "$name did not start within ${START_WAIT_S:-10} s" >&2
+    exit 1
+}
+
+# stop PID...: stops servers started above.
+stop() {
+    kill "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
+}
