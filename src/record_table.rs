@@ -46,10 +46,8 @@ const CHUNK_RECORDS: usize = 1 << 16;
 /// (a server may hold millions of records), and the index holds the id's hash, so growing
 /// reads no records.
 pub struct RecordTable {
-    /// The records, [`CHUNK_RECORDS`] to a chunk.
+    /// The records, [`CHUNK_RECORDS`] to a chunk (every chunk but the last is full).
     chunks: Vec<Vec<Record>>,
-    /// How many records the chunks hold.
-    len: usize,
     /// Where each client's record is, in [`SHARDS`] shards.
     shards: Box<[Shard]>,
     /// How many shards are growing (asked after every `Store`: cheaper than looking).
@@ -60,7 +58,6 @@ impl Default for RecordTable {
     fn default() -> Self {
         RecordTable {
             chunks: Vec::new(),
-            len: 0,
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             growing: 0,
         }
@@ -131,7 +128,7 @@ impl RecordTable {
             },
             None => {
                 // Four billion records would take hundreds of gigabytes; past that, none.
-                let Ok(position) = u32::try_from(self.len) else {
+                let Ok(position) = u32::try_from(self.len()) else {
                     return false;
                 };
                 let Some(shard) = self.shards.get_mut(shard) else {
@@ -152,7 +149,6 @@ impl RecordTable {
                         self.chunks.push(chunk);
                     }
                 }
-                self.len += 1;
                 true
             }
         }
@@ -171,12 +167,13 @@ impl RecordTable {
 
     /// How many clients have a record.
     pub fn len(&self) -> usize {
-        self.len
+        let full = self.chunks.len().saturating_sub(1) * CHUNK_RECORDS;
+        full + self.chunks.last().map_or(0, Vec::len)
     }
 
     /// Whether no client has a record.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.chunks.is_empty()
     }
 
     /// Whether an old table is still being emptied (and holds memory until it is).
