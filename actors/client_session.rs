@@ -353,12 +353,12 @@ impl ClientSession {
                     Answer::Silent => {}
                     Answer::At(record) => {
                         let line = record.line().as_bytes();
-                        self.settings.log.answer_out(self.conn, now, line);
+                        self.settings.log.lines_out(self.conn, now, line);
                         self.out.extend_from_slice(line);
                         self.out.extend_from_slice(b"\n");
                     }
                     Answer::Text(text) => {
-                        self.settings.log.answer_out(self.conn, now, &text);
+                        self.settings.log.lines_out(self.conn, now, &text);
                         self.out.extend_from_slice(&text);
                     }
                 }

@@ -9,12 +9,17 @@
 //! [`MAX_LINK_QUEUE_BYTES`]; past it the link drops its queue and the connection, and
 //! resends everything on the next one, so a slow or dead neighbor never holds memory or a
 //! client.
+//!
+//! Like a client's, the link's connection has a number in the server's log, which holds
+//! every line sent on it (the hello, the snapshot, the records) and every line the neighbor
+//! answers. The snapshot is streamed no faster than the log writes it out, so that a large
+//! store sent on reconnection is logged whole instead of overflowing the log's buffer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
@@ -26,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::location_store::{Snapshot, Stored};
 use crate::backoff::Backoff;
+use crate::line::{Line, LineSplitter};
 use crate::server_log::ServerLog;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::peer_link=debug`.
@@ -47,6 +53,12 @@ pub const MAX_LINK_QUEUE_BYTES: usize = 4 << 20;
 /// The snapshot is moved into the output this many bytes at a time, as the socket takes
 /// them, so that a large store is streamed rather than copied whole.
 const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long the snapshot waits for a log that is behind before looking again.
+const LOG_WAIT: Duration = Duration::from_millis(1);
+
+/// The longest line from the neighbor logged whole (it only ever answers a refused hello).
+const NEIGHBOR_LINE_BYTES: usize = 4096;
 
 /// The outgoing link to one neighbor.
 pub struct PeerLink {
@@ -72,6 +84,8 @@ pub struct PeerLink {
 
 /// One connection to the neighbor.
 struct Connection {
+    /// The connection's number in the log.
+    conn: u64,
     writer: Rc<OwnedWriteHalf>,
     /// Bytes due to the neighbor that the socket has not taken yet.
     out: BytesMut,
@@ -81,6 +95,8 @@ struct Connection {
     /// writer, so it is cancelled with the connection: otherwise a neighbor that stopped
     /// reading would keep a dropped connection (and its full socket buffer) open forever.
     waiting_writable: Option<SpawnHandle>,
+    /// The timer after which the snapshot looks again whether the log has caught up.
+    waiting_log: Option<SpawnHandle>,
     /// The task that watches the neighbor's side for end-of-file.
     reader: JoinHandle<()>,
 }
@@ -137,22 +153,7 @@ impl PeerLink {
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
         let generation = self.generation;
-        let reader = actix_rt::spawn(watch_neighbor(
-            read_half,
-            ctx.address(),
-            generation,
-            self.log.clone(),
-            Arc::clone(&self.neighbor),
-        ));
-        let mut out = BytesMut::new();
-        out.extend_from_slice(format!("PEER {}\n", self.me).as_bytes());
-        self.connection = Some(Connection {
-            writer: Rc::new(write_half),
-            out,
-            backlog: Vec::new().into_iter(),
-            waiting_writable: None,
-            reader,
-        });
+        let conn = self.log.next_conn();
         let state = if self.was_up {
             "re-established"
         } else {
@@ -161,10 +162,30 @@ impl PeerLink {
         self.was_up = true;
         self.backoff.reset();
         self.log.note(
-            None,
+            Some(conn),
             format!("link to {} at {} {state}", self.neighbor, self.addr),
         );
         debug!(target: LOG_TARGET, "link to {} {state}", self.neighbor);
+        let reader = actix_rt::spawn(watch_neighbor(
+            read_half,
+            ctx.address(),
+            generation,
+            self.log.clone(),
+            conn,
+            Arc::clone(&self.neighbor),
+        ));
+        let hello = format!("PEER {}\n", self.me);
+        self.log
+            .lines_out(conn, SystemTime::now(), hello.as_bytes());
+        self.connection = Some(Connection {
+            conn,
+            writer: Rc::new(write_half),
+            out: BytesMut::from(hello.as_bytes()),
+            backlog: Vec::new().into_iter(),
+            waiting_writable: None,
+            waiting_log: None,
+            reader,
+        });
         // Everything held goes first (records stored meanwhile are sent as they come;
         // a record sent twice is dropped by the neighbor as not newer).
         let snapshot = self.snapshot.send(Snapshot);
@@ -187,10 +208,28 @@ impl PeerLink {
             return;
         };
         while c.waiting_writable.is_none() {
-            while c.out.len() < SNAPSHOT_CHUNK_BYTES {
-                let Some(line) = c.backlog.next() else { break };
-                c.out.extend_from_slice(line.as_bytes());
-                c.out.extend_from_slice(b"\n");
+            let refill = c.out.len() < SNAPSHOT_CHUNK_BYTES && c.backlog.len() > 0;
+            if refill && c.waiting_log.is_none() && self.log.is_behind() {
+                // The snapshot waits for the log rather than make it drop lines.
+                let generation = self.generation;
+                c.waiting_log = Some(ctx.run_later(LOG_WAIT, move |act, ctx| {
+                    if act.generation != generation {
+                        return;
+                    }
+                    if let Some(c) = act.connection.as_mut() {
+                        c.waiting_log = None;
+                    }
+                    act.flush(ctx);
+                }));
+            } else if refill && c.waiting_log.is_none() {
+                let start = c.out.len();
+                while c.out.len() < SNAPSHOT_CHUNK_BYTES {
+                    let Some(line) = c.backlog.next() else { break };
+                    c.out.extend_from_slice(line.as_bytes());
+                    c.out.extend_from_slice(b"\n");
+                }
+                self.log
+                    .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
             }
             if c.out.is_empty() {
                 return;
@@ -228,11 +267,11 @@ impl PeerLink {
     fn down(&mut self, why: &str, ctx: &mut Context<Self>) {
         if let Some(c) = self.connection.take() {
             c.reader.abort();
-            if let Some(waiting) = c.waiting_writable {
+            for waiting in [c.waiting_writable, c.waiting_log].into_iter().flatten() {
                 ctx.cancel_future(waiting);
             }
             self.log.note(
-                None,
+                Some(c.conn),
                 format!("link to {} at {} dropped: {why}", self.neighbor, self.addr),
             );
             debug!(target: LOG_TARGET, "link to {} dropped: {why}", self.neighbor);
@@ -273,11 +312,14 @@ impl Handler<Stored> for PeerLink {
             // Down: the snapshot sent on the next connection carries these records.
             return;
         };
+        let start = c.out.len();
         for record in records.iter() {
             debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
             c.out.extend_from_slice(record.line().as_bytes());
             c.out.extend_from_slice(b"\n");
         }
+        self.log
+            .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
         if c.out.len() > MAX_LINK_QUEUE_BYTES {
             let why = format!(
                 "{} bytes queued, over the {MAX_LINK_QUEUE_BYTES}-byte limit; \
@@ -331,28 +373,39 @@ impl Handler<Close> for PeerLink {
     }
 }
 
-/// Reads the neighbor's side of the link, which carries nothing in normal operation, to
-/// notice at once when it closes. A neighbor that refuses the hello answers `? ...`; the
-/// first such answer is logged, as it means the two servers' configs disagree.
+/// Reads the neighbor's side of the link (connection `conn` in the log), which carries
+/// nothing in normal operation, to notice at once when it closes. A neighbor that refuses
+/// the hello answers `? ...`: every line it says is logged, and the first also gets a note,
+/// as it means the two servers' configs disagree.
 async fn watch_neighbor(
     mut half: OwnedReadHalf,
     link: Addr<PeerLink>,
     generation: u64,
     log: ServerLog,
+    conn: u64,
     neighbor: Arc<str>,
 ) {
     let mut buffer = [0u8; 512];
+    let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
+    let log_line = |line: Line<'_>| {
+        let (Line::Complete(bytes) | Line::TooLong(bytes) | Line::Unterminated(bytes)) = line;
+        log.line_in(conn, SystemTime::now(), bytes);
+    };
     let mut complained = false;
     let why = loop {
         match half.read(&mut buffer).await {
-            Ok(0) => break "the neighbor closed the link".to_owned(),
+            Ok(0) => {
+                lines.finish(log_line);
+                break "the neighbor closed the link".to_owned();
+            }
             Ok(n) => {
+                lines.push(&buffer[..n], log_line);
                 if !complained {
                     complained = true;
                     let said = String::from_utf8_lossy(&buffer[..n]);
                     let said = said.lines().next().unwrap_or_default();
                     log.note(
-                        None,
+                        Some(conn),
                         format!("link to {neighbor}: the neighbor answered {said:?}"),
                     );
                 }
@@ -403,6 +456,14 @@ mod tests {
         addr: SocketAddr,
         snapshot: &[&str],
     ) -> (Addr<PeerLink>, Arc<Mutex<Vec<String>>>) {
+        link_logging_to(addr, snapshot, ServerLog::discard()).await
+    }
+
+    async fn link_logging_to(
+        addr: SocketAddr,
+        snapshot: &[&str],
+        log: ServerLog,
+    ) -> (Addr<PeerLink>, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(snapshot.iter().map(|s| s.to_string()).collect()));
         let store = FakeStore(Arc::clone(&lines)).start();
         let link = PeerLink::new(
@@ -410,7 +471,7 @@ mod tests {
             Arc::from("Bona"),
             addr,
             store.recipient(),
-            ServerLog::discard(),
+            log,
         )
         .start();
         (link, lines)
@@ -470,6 +531,55 @@ mod tests {
             "AT Clark +0.000000000 now +1+1 1\nAT Clark +0.000000000 now +1+1 2\n\
              AT Clark +0.000000000 now +1+1 3\n"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_snapshot_is_sent_no_faster_than_the_log_writes_it_and_is_logged_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // About 1.2 MB of snapshot, several times what the log takes in one turn.
+        let count = 20_000;
+        let snapshot: Vec<String> = (0..count)
+            .map(|i| format!("AT Clark +0.000000000 held-{i:05} +1+1 {i}"))
+            .collect();
+        let snapshot: Vec<&str> = snapshot.iter().map(String::as_str).collect();
+        let (log, held) = ServerLog::held();
+        let (_link, _) = link_logging_to(listener.local_addr().unwrap(), &snapshot, log).await;
+        let mut bona = accept(&listener).await;
+        assert_eq!(read_line(&mut bona).await, "PEER Clark\n");
+        // Nothing writes the log out: the link stops once the log is behind.
+        let mut received = 0;
+        let mut logged = String::new();
+        loop {
+            let mut line = String::new();
+            let next = tokio::time::timeout(Duration::from_millis(300), bona.read_line(&mut line));
+            match next.await {
+                Ok(n) => {
+                    assert!(n.unwrap() > 0, "the link closed");
+                    received += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(
+            received < count,
+            "the whole snapshot went while the log was behind"
+        );
+        // As the log is written out, the rest follows.
+        while received < count {
+            logged.push_str(&held.take());
+            let mut line = String::new();
+            let next = tokio::time::timeout(Duration::from_secs(10), bona.read_line(&mut line));
+            assert!(next.await.expect("the snapshot stalled").unwrap() > 0);
+            received += 1;
+        }
+        logged.push_str(&held.take());
+        let out: Vec<&str> = logged
+            .lines()
+            .filter_map(|l| l.split_once(" conn 1 > ").map(|(_, line)| line))
+            .collect();
+        assert_eq!(out.len(), count + 1, "hello and every record, once each");
+        assert_eq!(out[0], "PEER Clark");
+        assert_eq!(out[1..], snapshot[..]);
     }
 
     #[actix_rt::test]

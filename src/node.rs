@@ -6,11 +6,9 @@
 //! listener ([`Node::start_on`]) so tests can bind port 0 and start whole herds in one
 //! process; [`Node::start`] binds the configured address first.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,14 +178,12 @@ impl Node {
         };
         let (stop, stopped) = watch::channel(false);
         let grace = config.places.timeout + SHUTDOWN_GRACE;
-        let conns = Rc::new(Cell::new(0));
         let mut accepting = vec![actix_rt::spawn(accept(
             listener,
             settings.clone(),
             services.clone(),
             stopped.clone(),
             grace,
-            Rc::clone(&conns),
         ))];
         if let Some(peer_listener) = peer_listener {
             let settings = SessionSettings {
@@ -200,7 +196,6 @@ impl Node {
                 services,
                 stopped,
                 grace,
-                conns,
             )));
         }
         debug!(target: LOG_TARGET, "{name} listening on {client_addr}");
@@ -270,7 +265,6 @@ async fn accept(
     services: Services,
     mut stopped: watch::Receiver<bool>,
     grace: Duration,
-    conns: Rc<Cell<u64>>,
 ) {
     let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
     let mut prune_at = 64;
@@ -279,11 +273,10 @@ async fn accept(
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.set(conns.get() + 1);
                     // Answers are written whole; Nagle would only delay them.
                     let _ = stream.set_nodelay(true);
                     let session =
-                        ClientSession::start(stream, conns.get(), settings.clone(), services.clone());
+                        ClientSession::start(stream, settings.log.next_conn(), settings.clone(), services.clone());
                     sessions.push(session);
                     if sessions.len() >= prune_at {
                         sessions.retain(Addr::connected);

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,6 +41,8 @@ pub struct ServerLog {
     /// The buffer the log thread writes out; `None` for a log that writes nowhere (unit
     /// tests).
     shared: Option<Arc<Shared>>,
+    /// The last connection number given out (see [`ServerLog::next_conn`]).
+    conns: Arc<AtomicU64>,
 }
 
 /// The log thread, to be closed (flushed and joined) when the server stops.
@@ -96,15 +98,44 @@ impl ServerLog {
             .name(format!("log-{name}"))
             .spawn(move || write_out(&thread_shared, file))?;
         let _ = shared.thread.set(thread.thread().clone());
-        let log = ServerLog {
-            shared: Some(Arc::clone(&shared)),
-        };
+        let log = ServerLog::with(Some(Arc::clone(&shared)));
         Ok((log, LogWriter { shared, thread }))
+    }
+
+    fn with(shared: Option<Arc<Shared>>) -> ServerLog {
+        ServerLog {
+            shared,
+            conns: Arc::default(),
+        }
     }
 
     /// A log that writes nowhere, for tests of one actor.
     pub fn discard() -> ServerLog {
-        ServerLog { shared: None }
+        ServerLog::with(None)
+    }
+
+    /// A log whose text stays in memory until the test takes it (no thread writes it out),
+    /// for tests of one actor that look at what it logged or at a log that falls behind.
+    #[cfg(test)]
+    pub(crate) fn held() -> (ServerLog, HeldLog) {
+        let shared = Arc::new(Shared::default());
+        (ServerLog::with(Some(Arc::clone(&shared))), HeldLog(shared))
+    }
+
+    /// The number of a connection just opened, client's or link's: the log labels each
+    /// line with it (`conn 7`), so one connection's traffic can be followed. Numbers start
+    /// at 1 and are never reused while the server runs.
+    pub fn next_conn(&self) -> u64 {
+        self.conns.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether more log text waits than the thread takes in one turn: a sender that can
+    /// wait (a link streaming its snapshot) holds back until it is written, rather than
+    /// make the log drop lines.
+    pub fn is_behind(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.lock().text.len() >= WAKE_AT_BYTES)
     }
 
     /// A line received on connection `conn` at `at` (the caller read the clock once for
@@ -113,10 +144,10 @@ impl ServerLog {
         self.log(at, Some(conn), b'<', line);
     }
 
-    /// An answer written on connection `conn` at `at` (one or more lines; the last line
-    /// ending may be left out).
-    pub fn answer_out(&self, conn: u64, at: SystemTime, answer: &[u8]) {
-        self.log(at, Some(conn), b'>', answer);
+    /// Lines written on connection `conn` at `at` (an answer, or records sent to a
+    /// neighbor; the last line ending may be left out).
+    pub fn lines_out(&self, conn: u64, at: SystemTime, lines: &[u8]) {
+        self.log(at, Some(conn), b'>', lines);
     }
 
     /// Anything else worth a line: a connection or link opened or closed, a refusal.
@@ -186,6 +217,19 @@ impl Shared {
     /// inconsistent (it only appends), so a poisoned lock is taken as is.
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a [`ServerLog::held`] log holds, for the test to take.
+#[cfg(test)]
+pub(crate) struct HeldLog(Arc<Shared>);
+
+#[cfg(test)]
+impl HeldLog {
+    /// The text logged since the last take, as the log thread would have written it.
+    pub(crate) fn take(&self) -> String {
+        let text = std::mem::take(&mut self.0.lock().text);
+        String::from_utf8(text).expect("the log is UTF-8")
     }
 }
 
@@ -262,7 +306,7 @@ mod tests {
         let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
         log.note(Some(3), "opened from 127.0.0.1:5000");
         log.line_in(3, SystemTime::now(), b"WHATSAT a 1 1");
-        log.answer_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
+        log.lines_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
         log.line_in(3, SystemTime::now(), b"bad \xff");
         writer.close();
         let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
@@ -292,8 +336,8 @@ mod tests {
         log.line_in(1, t1, b"a");
         log.line_in(1, t1, b"b");
         log.line_in(2, t1, b"c");
-        log.answer_out(2, t1, b"d");
-        log.answer_out(2, t2, b"e");
+        log.lines_out(2, t1, b"d");
+        log.lines_out(2, t2, b"e");
         log.line_in(1, t2, b"f");
         writer.close();
         let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
@@ -335,15 +379,36 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_numbered_from_one_across_clones() {
+        let log = ServerLog::discard();
+        let other = log.clone();
+        assert_eq!(
+            [log.next_conn(), other.next_conn(), log.next_conn()],
+            [1, 2, 3]
+        );
+        assert_eq!(ServerLog::discard().next_conn(), 1, "a log of its own");
+    }
+
+    #[test]
+    fn the_log_is_behind_once_more_waits_than_the_thread_takes_in_a_turn() {
+        let (log, held) = ServerLog::held();
+        let line = [b'x'; 1000];
+        while !log.is_behind() {
+            log.line_in(1, SystemTime::now(), &line);
+        }
+        assert!(held.take().len() >= WAKE_AT_BYTES);
+        assert!(!log.is_behind());
+        assert!(!ServerLog::discard().is_behind());
+    }
+
+    #[test]
     fn a_full_buffer_drops_events_and_the_file_says_how_many() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Clark.log");
         // No thread: the buffer fills as it would while the disk is stuck, then the
         // writer's loop runs once, as it does on close.
         let shared = Arc::new(Shared::default());
-        let log = ServerLog {
-            shared: Some(Arc::clone(&shared)),
-        };
+        let log = ServerLog::with(Some(Arc::clone(&shared)));
         log.line_in(1, SystemTime::now(), b"kept");
         shared.lock().text.resize(LOG_BUFFER_BYTES, b'.');
         for _ in 0..5 {

@@ -472,6 +472,83 @@ async fn links_say_hello_send_only_stored_records_not_back_and_a_snapshot_on_rec
     herd.stop_all().await;
 }
 
+/// The connection number of the log line that ends with `end` and has `mark` (`-`, `<`,
+/// `>`) after its number: `<stamp> conn <n> <mark> <text>`.
+fn log_conn_of(log: &str, mark: &str, end: &str) -> Option<u64> {
+    log.lines().find_map(|line| {
+        let words: Vec<&str> = line.splitn(5, ' ').collect();
+        match words[..] {
+            [_, "conn", n, m, text] if m == mark && text.ends_with(end) => n.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+#[actix_rt::test]
+async fn a_links_lines_out_and_in_are_logged_under_its_own_connection_number() {
+    // Clark is real; its neighbor Bona is played by the test.
+    let bona = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut herd = HerdBuilder::new(&["Clark", "Bona"], &[("Clark", "Bona")])
+        .external("Bona", bona.local_addr().unwrap())
+        .start()
+        .await;
+    let mut first = LineClient::accept(&bona).await.unwrap();
+    assert_eq!(first.read_line().await.unwrap(), "PEER Clark");
+    let live = herd
+        .iamat("Clark", "logged-live", KIWI_POSITION, "1700000000")
+        .await;
+    assert_eq!(first.read_line().await.unwrap(), live);
+    // Bona answers something (as a server refusing the hello would), then drops the link;
+    // Clark dials again and sends the hello and its snapshot on a new connection.
+    first.send("? PEER Clark\n").await.unwrap();
+    drop(first);
+    let mut second = LineClient::accept(&bona).await.unwrap();
+    assert_eq!(second.read_line().await.unwrap(), "PEER Clark");
+    assert_eq!(second.read_line().await.unwrap(), live);
+    herd.stop_all().await;
+    let log = herd.log("Clark");
+
+    let one = log_conn_of(&log, "-", " opened").expect("no link opened note");
+    let two = log_conn_of(&log, "-", "re-established").expect("no re-established note");
+    assert_ne!(one, two, "{log}");
+    // The client's session has a number of its own, not the link's.
+    let client = log_conn_of(&log, "<", "logged-live +34.068930-118.445127 1700000000");
+    assert!(client.is_some_and(|c| c != one && c != two), "{log}");
+    let lines_of = |conn: u64| -> Vec<&str> {
+        log.lines()
+            .filter_map(|l| {
+                l.split_once(&format!(" conn {conn} "))
+                    .map(|(_, rest)| rest)
+            })
+            .collect()
+    };
+    let first_lines = lines_of(one);
+    for want in [
+        "> PEER Clark".to_owned(),
+        format!("> {live}"),
+        "< ? PEER Clark".to_owned(),
+    ] {
+        assert!(
+            first_lines.contains(&want.as_str()),
+            "{want:?} on conn {one}:\n{log}"
+        );
+    }
+    assert!(
+        first_lines
+            .iter()
+            .any(|l| l.starts_with("- link to Bona") && l.contains("dropped")),
+        "no dropped note on conn {one}:\n{log}"
+    );
+    // The snapshot on the second connection is logged like the live records.
+    let second_lines = lines_of(two);
+    for want in ["> PEER Clark".to_owned(), format!("> {live}")] {
+        assert!(
+            second_lines.contains(&want.as_str()),
+            "{want:?} on conn {two}:\n{log}"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn a_server_listening_on_every_interface_is_reached_at_its_advertised_address() {
     let (clark_port, bona_port) = (free_port(), free_port());
