@@ -34,54 +34,98 @@ fn is_field_separator(b: u8) -> bool {
 
 /// Splits a line into its fields on runs of white space.
 fn fields(line: &str) -> Fields<'_> {
-    Fields { rest: line }
+    Fields {
+        line,
+        next_block: 0,
+        candidates: 0,
+        block_start: 0,
+        field_start: 0,
+        ended: false,
+    }
 }
 
-/// The fields of a line, cut at separator bytes: the separators are ASCII, and an ASCII
-/// byte is never part of a longer UTF-8 character, so every cut falls between characters
-/// and no character is decoded.
+/// The fields of a line: the runs of bytes between separator bytes. The separators are
+/// ASCII, and an ASCII byte is never part of a longer UTF-8 character, so every cut falls
+/// between characters and no character is decoded.
+///
+/// The line is read eight bytes at a time: every separator is below `!` (0x21), and which
+/// bytes of a word are below it takes a few instructions where testing byte by byte took a
+/// few per byte (splitting is much of the parser's work). Only those bytes (in a valid
+/// line, the separators themselves) are then looked at one by one.
 struct Fields<'a> {
-    rest: &'a str,
+    line: &'a str,
+    /// The block of eight bytes to read next.
+    next_block: usize,
+    /// The high bit of each byte below 0x21 in the block being read, not yet looked at.
+    candidates: u64,
+    /// Where the block being read starts in the line.
+    block_start: usize,
+    /// Where the field being read started: just after the last separator.
+    field_start: usize,
+    /// Whether the end of the line was reached (and the last field given out).
+    ended: bool,
 }
 
 impl<'a> Iterator for Fields<'a> {
     type Item = &'a str;
 
+    // Inlined into each of its callers (one per field), the iterator's state stays in
+    // registers: ~200 instructions fewer per AT line under callgrind.
+    #[inline(always)]
     fn next(&mut self) -> Option<&'a str> {
-        let bytes = self.rest.as_bytes();
-        let start = bytes.iter().position(|&b| !is_field_separator(b))?;
-        let len = first_separator(&bytes[start..]).unwrap_or(bytes.len() - start);
-        let (field, rest) = self.rest[start..].split_at(len);
-        self.rest = rest;
-        Some(field)
+        let bytes = self.line.as_bytes();
+        loop {
+            while self.candidates != 0 {
+                let at = self.block_start + (self.candidates.trailing_zeros() / 8) as usize;
+                self.candidates &= self.candidates - 1;
+                // A control byte that is not a separator is part of its field.
+                if at < bytes.len() && is_field_separator(bytes[at]) {
+                    let start = std::mem::replace(&mut self.field_start, at + 1);
+                    if at > start {
+                        return Some(&self.line[start..at]);
+                    }
+                }
+            }
+            self.block_start = self.next_block * 8;
+            if self.block_start >= bytes.len() {
+                if self.ended {
+                    return None;
+                }
+                self.ended = true;
+                let start = self.field_start;
+                self.field_start = bytes.len();
+                return (bytes.len() > start).then(|| &self.line[start..]);
+            }
+            self.next_block += 1;
+            // The last block, if short, is read padded with bytes that are not candidates.
+            let block = bytes[self.block_start..].first_chunk::<8>().copied();
+            let word = u64::from_le_bytes(block.unwrap_or_else(|| {
+                let mut padded = [b'x'; 8];
+                let rest = &bytes[self.block_start..];
+                padded[..rest.len()].copy_from_slice(rest);
+                padded
+            }));
+            self.candidates = bytes_below(word, 0x21);
+        }
     }
 }
 
-/// Where the first field separator in `bytes` is, looked for eight bytes at a time: every
-/// separator is below `!` (0x21), and whether a word of eight bytes holds one below it
-/// takes a few instructions, where testing byte by byte took a few per byte (scanning the
-/// fields is most of the parser's work).
-fn first_separator(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// The high bit (0x80) of each byte of `word` whose value is below `limit` (at most 0x80),
+/// and no other bit: exact for every byte, as no carry crosses from one byte to the next.
+fn bytes_below(word: u64, limit: u8) -> u64 {
+    const LOW_SEVEN: u64 = u64::from_ne_bytes([0x7f; 8]);
     const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let (words, _) = bytes.as_chunks::<8>();
-    let mut from = 0;
-    for &word in words {
-        let word = u64::from_le_bytes(word);
-        // Sets the high bit of every byte below 0x21 (and maybe of bytes after the
-        // first such one, through the borrow), never of a byte before it.
-        let below = word.wrapping_sub(ONES * 0x21) & !word & HIGH_BITS;
-        if below != 0 {
-            // Usually a separator; a control byte that is not one is searched past.
-            from += (below.trailing_zeros() / 8) as usize;
-            break;
-        }
-        from += 8;
-    }
-    bytes[from..]
-        .iter()
-        .position(|&b| is_field_separator(b))
-        .map(|at| from + at)
+    // Adding 0x80 - limit to a byte's low seven bits sets its high bit exactly when they
+    // are at least `limit`; a byte with its own high bit set is above every limit.
+    let at_least = ((word & LOW_SEVEN) + u64::from_ne_bytes([0x80 - limit; 8])) | word;
+    !at_least & HIGH_BITS
+}
+
+/// The high bit of each byte of `word` that is not an ASCII digit, and no other bit.
+fn non_digits(word: u64) -> u64 {
+    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // `b ^ 0x30` is below 10 exactly for the digits `0x30..=0x39`.
+    !bytes_below(word ^ u64::from_ne_bytes([b'0'; 8]), 10) & HIGH_BITS
 }
 
 /// A parsed line. Borrowed from the line, so that parsing allocates nothing.
@@ -201,14 +245,29 @@ struct Decimal<'a> {
 
 impl<'a> Decimal<'a> {
     fn parse(s: &'a str) -> Option<Self> {
-        // One pass: digits and at most one dot, with digits on both sides of it.
+        // One pass, eight bytes at a time: digits and at most one dot, with digits on both
+        // sides of it.
+        let bytes = s.as_bytes();
         let mut dot = None;
-        for (i, b) in s.bytes().enumerate() {
-            match b {
-                b'0'..=b'9' => {}
-                b'.' if dot.is_none() => dot = Some(i),
-                _ => return None,
+        let mut check = |block_start: usize, word: u64| {
+            let odd = non_digits(word);
+            if odd == 0 {
+                return Some(());
             }
+            let at = block_start + (odd.trailing_zeros() / 8) as usize;
+            // One byte that is not a digit, a dot, and the first dot.
+            let one_dot = odd & (odd - 1) == 0 && bytes[at] == b'.' && dot.is_none();
+            one_dot.then(|| dot = Some(at))
+        };
+        let (blocks, last) = bytes.as_chunks::<8>();
+        for (i, block) in blocks.iter().enumerate() {
+            check(i * 8, u64::from_le_bytes(*block))?;
+        }
+        if !last.is_empty() {
+            // Padded with digits, which change nothing.
+            let mut padded = [b'0'; 8];
+            padded[..last.len()].copy_from_slice(last);
+            check(blocks.len() * 8, u64::from_le_bytes(padded))?;
         }
         let (int, frac) = match dot {
             Some(dot) => (&s[..dot], &s[dot + 1..]),
@@ -938,6 +997,39 @@ mod tests {
                     .filter(|f| !f.is_empty())
                     .collect();
                 prop_assert_eq!(fields(&line).collect::<Vec<_>>(), want);
+            }
+
+            #[test]
+            fn decimals_are_digits_with_at_most_one_dot_inside(
+                text in proptest::collection::vec(
+                    prop_oneof![
+                        4 => proptest::char::range('0', '9'),
+                        1 => Just('.'),
+                        1 => proptest::char::range('\0', '\u{7f}'),
+                        1 => Just('\u{ff}'),
+                    ],
+                    0..30,
+                ).prop_map(|chars| chars.into_iter().collect::<String>()),
+            ) {
+                let want = match text.split_once('.') {
+                    Some((int, frac)) => all_digits(int) && all_digits(frac),
+                    None => all_digits(&text),
+                };
+                let got = Decimal::parse(&text);
+                prop_assert_eq!(got.is_some(), want);
+                if let Some(d) = got {
+                    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+                    prop_assert_eq!((d.int, d.frac), (int, frac));
+                }
+            }
+
+            #[test]
+            fn bytes_below_marks_exactly_the_bytes_below_the_limit(
+                word in any::<[u8; 8]>(),
+                limit in 0u8..=0x80,
+            ) {
+                let want: [u8; 8] = word.map(|b| if b < limit { 0x80 } else { 0 });
+                prop_assert_eq!(bytes_below(u64::from_le_bytes(word), limit), u64::from_le_bytes(want));
             }
 
             #[test]
