@@ -352,9 +352,9 @@ impl ClientSession {
                 match answer {
                     Answer::Silent => {}
                     Answer::At(record) => {
-                        let line = record.line().as_bytes();
-                        self.settings.log.lines_out(self.conn, now, line);
-                        self.out.extend_from_slice(line);
+                        let line = record.line();
+                        self.settings.log.line_out(self.conn, now, line);
+                        self.out.extend_from_slice(line.as_bytes());
                         self.out.extend_from_slice(b"\n");
                     }
                     Answer::Text(text) => {

@@ -45,6 +45,14 @@ pub struct ServerLog {
     conns: Arc<AtomicU64>,
 }
 
+/// What a body to log holds: one line (no line ending inside: the caller cut it so), or
+/// any number of them.
+#[derive(Clone, Copy)]
+enum Lines {
+    One,
+    Many,
+}
+
 /// The log thread, to be closed (flushed and joined) when the server stops.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -141,22 +149,29 @@ impl ServerLog {
     /// A line received on connection `conn` at `at` (the caller read the clock once for
     /// all the lines of a read), without its line ending.
     pub fn line_in(&self, conn: u64, at: SystemTime, line: &[u8]) {
-        self.log(at, Some(conn), b'<', line);
+        self.log(at, Some(conn), b'<', line, Lines::One);
+    }
+
+    /// One line written on connection `conn` at `at` (an IAMAT's answer), without its line
+    /// ending.
+    pub fn line_out(&self, conn: u64, at: SystemTime, line: &str) {
+        self.log(at, Some(conn), b'>', line.as_bytes(), Lines::One);
     }
 
     /// Lines written on connection `conn` at `at` (an answer, or records sent to a
     /// neighbor; the last line ending may be left out).
     pub fn lines_out(&self, conn: u64, at: SystemTime, lines: &[u8]) {
-        self.log(at, Some(conn), b'>', lines);
+        self.log(at, Some(conn), b'>', lines, Lines::Many);
     }
 
     /// Anything else worth a line: a connection or link opened or closed, a refusal.
     pub fn note(&self, conn: Option<u64>, text: impl Into<String>) {
-        self.log(SystemTime::now(), conn, b'-', text.into().as_bytes());
+        let text = text.into();
+        self.log(SystemTime::now(), conn, b'-', text.as_bytes(), Lines::Many);
     }
 
     /// Appends one log line per line of `body`: `<stamp> [conn <n> ]<mark> <line>`.
-    fn log(&self, now: SystemTime, conn: Option<u64>, mark: u8, body: &[u8]) {
+    fn log(&self, now: SystemTime, conn: Option<u64>, mark: u8, body: &[u8], lines: Lines) {
         let Some(shared) = &self.shared else {
             return;
         };
@@ -189,9 +204,13 @@ impl ServerLog {
         };
         let mut rest = body.strip_suffix(b"\n").unwrap_or(&body);
         loop {
-            let (line, next) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                None => (rest, None),
+            let (line, next) = match lines {
+                // Known to be one line: no search for more.
+                Lines::One => (rest, None),
+                Lines::Many => match memchr::memchr(b'\n', rest) {
+                    Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                    None => (rest, None),
+                },
             };
             text.reserve(prefix.len() + line.len() + 1);
             text.extend_from_slice(prefix);
@@ -233,6 +252,14 @@ impl HeldLog {
     }
 }
 
+/// `00` to `99`, each number's two digits at twice its value.
+const TWO_DIGITS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
 impl StampCache {
     /// Appends `now` as RFC 3339 UTC with microseconds, `2026-11-25T10:00:00.123456Z`.
     fn write(&mut self, now: SystemTime, out: &mut Vec<u8>) {
@@ -244,12 +271,17 @@ impl StampCache {
             self.second = Some(second);
         }
         out.extend_from_slice(self.text.as_bytes());
-        // Always six digits: written into a fixed-size tail, copied in one piece.
+        // Always six digits, two at a time: written into a fixed-size tail, copied in one
+        // piece.
+        let micros = since.subsec_micros();
         let mut tail = *b".000000Z";
-        let mut micros = since.subsec_micros();
-        for digit in tail[1..7].iter_mut().rev() {
-            *digit = b'0' + (micros % 10) as u8;
-            micros /= 10;
+        for (pair, value) in
+            tail[1..7]
+                .chunks_exact_mut(2)
+                .zip([micros / 10_000, micros / 100 % 100, micros % 100])
+        {
+            let at = 2 * value as usize;
+            pair.copy_from_slice(&TWO_DIGITS[at..at + 2]);
         }
         out.extend_from_slice(&tail);
     }
@@ -308,6 +340,7 @@ mod tests {
         log.line_in(3, SystemTime::now(), b"WHATSAT a 1 1");
         log.lines_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
         log.line_in(3, SystemTime::now(), b"bad \xff");
+        log.line_out(3, SystemTime::now(), "AT y");
         writer.close();
         let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
         let lines: Vec<_> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
@@ -321,6 +354,7 @@ mod tests {
                 "conn 3 > }",
                 "conn 3 > ",
                 "conn 3 < bad \u{fffd}",
+                "conn 3 > AT y",
             ]
         );
         let stamp = text.split(' ').next().unwrap();
