@@ -313,8 +313,12 @@ impl<'a> Location<'a> {
     /// Parses `±DD[.D*]±DDD[.D*]`: each coordinate with its sign, latitude then longitude,
     /// within [-90, 90] and [-180, 180].
     pub fn parse(text: &'a str) -> Option<Self> {
-        let rest = text.strip_prefix(['+', '-'])?;
-        let split = rest.bytes().position(|b| b == b'+' || b == b'-')? + 1;
+        let (sign, rest) = text.as_bytes().split_first()?;
+        let is_sign = |b: &u8| matches!(b, b'+' | b'-');
+        if !is_sign(sign) {
+            return None;
+        }
+        let split = rest.iter().position(is_sign)? + 1;
         let (lat, lng) = text.split_at(split);
         (within(lat, 90) && within(lng, 180)).then_some(Location { text, split })
     }
