@@ -4,15 +4,16 @@
 //! costs no message) and cuts the bytes into lines ([`crate::line`]); it parses each line
 //! ([`crate::protocol`]), asks the store or the places proxy when the answer needs them, and
 //! writes answers in the order of the lines, even when a later one is ready first. Every
-//! line takes a slot in a queue; a slot is filled when its answer is known, and the filled
-//! slots at the front go to the socket together.
+//! line that gets an answer takes a slot in a queue; a slot is filled when its answer is
+//! known, and the filled slots at the front go to the socket together.
 //!
 //! An IAMAT's answer waits for the store to say its links took the record (flood before
 //! reply, SPEC section 2), unless the server has no link that could have to take it.
 //!
 //! A connection whose first words are `PEER <Name>` from a configured neighbor becomes the
 //! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
-//! from that neighbor, and get no answer (SPEC section 3).
+//! from that neighbor, and get no answer (SPEC section 3). Having none, they take no slot
+//! and wait for nothing: the link is read as fast as the store takes its records.
 //!
 //! Two bounds keep one client from making the server hold without limit: when
 //! [`MAX_PENDING_ANSWERS`] answers are owed the reader stops reading (TCP pushes back on the
@@ -117,8 +118,9 @@ pub struct ClientSession {
     /// Records of the lines taken since the last offer to the store: they go in one
     /// [`Store`] per read (or before the next lookup, which must see them).
     unstored: Vec<Record>,
-    /// The slot of the first of those lines; their slots are [`Slot::Unstored`].
-    first_unstored: u64,
+    /// The slot of the first line whose answer waits for those records to be stored (an
+    /// IAMAT's); `None` when none does (a neighbor's records have no answer, and no slot).
+    first_held: Option<u64>,
 }
 
 /// The answer a line gets.
@@ -169,31 +171,37 @@ impl ClientSession {
                 read_closed: false,
                 peer: None,
                 unstored: Vec::new(),
-                first_unstored: 0,
+                first_held: None,
             }
         })
     }
 
-    /// Takes one line: reserves its answer slot and starts working out its answer.
-    /// `received` is when the line's bytes were read.
+    /// Takes one line: reserves its answer slot (unless it is a neighbor's record, which
+    /// gets no answer) and starts working out its answer. `received` is when the line's
+    /// bytes were read.
     fn take_line(&mut self, line: Line<'_>, received: SystemTime, ctx: &mut Context<Self>) {
-        let slot = self.first_slot + self.slots.len() as u64;
-        self.slots.push_back(Slot::Waiting);
         let bytes = match line {
             Line::Complete(bytes) => bytes,
             // A neighbor's record cut short by a dropped link must not be taken for a record.
             Line::Unterminated(bytes) if self.peer.is_some() => {
-                self.settings.log.line_in(self.conn, received, bytes);
-                return self.fill(slot, Answer::Silent);
+                return self.settings.log.line_in(self.conn, received, bytes);
             }
             Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
                 self.settings.log.line_in(self.conn, received, prefix);
+                let slot = self.reserve_slot();
                 return self.fill(slot, invalid(prefix));
             }
         };
         self.settings.log.line_in(self.conn, received, bytes);
-        match Command::parse(bytes) {
+        let command = match Command::parse(bytes) {
+            // No answer, so no slot: the record goes to the store with the others of this
+            // read, and nothing waits for it there.
+            Command::At(record) if self.peer.is_some() => return self.unstored.push(record),
+            command => command,
+        };
+        let slot = self.reserve_slot();
+        match command {
             Command::Hello(hello) if self.peer.is_none() => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
                 match neighbor {
@@ -206,10 +214,6 @@ impl ClientSession {
                     }
                     None => self.fill(slot, invalid(bytes)),
                 }
-            }
-            Command::At(record) if self.peer.is_some() => {
-                // No answer to a record; the slot keeps its place until it is stored.
-                self.hold_for_store(slot, record, Answer::Silent);
             }
             Command::Iamat(iamat) => {
                 let received = Nanos::from(received);
@@ -254,12 +258,16 @@ impl ClientSession {
         }
     }
 
+    /// The slot of the line just taken, in line order.
+    fn reserve_slot(&mut self) -> u64 {
+        self.slots.push_back(Slot::Waiting);
+        self.first_slot + self.slots.len() as u64 - 1
+    }
+
     /// Keeps line `slot`'s answer until its record, offered with the others of this read,
     /// is stored.
     fn hold_for_store(&mut self, slot: u64, record: Record, answer: Answer) {
-        if self.unstored.is_empty() {
-            self.first_unstored = slot;
-        }
+        self.first_held.get_or_insert(slot);
         self.unstored.push(record);
         if let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) {
             *entry = Slot::Unstored(answer);
@@ -276,8 +284,13 @@ impl ClientSession {
             records: std::mem::take(&mut self.unstored),
             from: self.peer.clone(),
         };
-        // The lines of these records: every line taken since the first of them.
-        let lines = self.first_unstored..self.first_slot + self.slots.len() as u64;
+        // The lines whose answers wait for these records: every line taken since the
+        // first of them that has one.
+        let Some(first) = self.first_held.take() else {
+            // Only a neighbor's records: no answer waits for the store.
+            return self.services.store.do_send(store);
+        };
+        let lines = first..self.first_slot + self.slots.len() as u64;
         if !self.flood_first() {
             // No link has to take these records, and the store takes them before any
             // message sent after this one (a `Lookup` included): their answers are due now,
@@ -790,6 +803,28 @@ mod tests {
                 "AT Bona +0.000000000 a +1+1 1",
                 "AT Bona +0.000000000 b +1+1 2"
             ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_neighbors_records_wait_for_nothing_and_never_pause_its_link() {
+        // Clark has another neighbor, Jaquez, and a store that never answers: records from
+        // a client would hold their answers, but a neighbor's have none to hold.
+        let mut h = session_with(true, &["Bona", "Jaquez"], false).await;
+        let records: String = (0..2 * MAX_PENDING_ANSWERS)
+            .map(|i| format!("AT Bona +0.000000000 c{i} +1+1 {i}\n"))
+            .collect();
+        h.client
+            .write_all(format!("PEER Bona\n{records}bad\n").as_bytes())
+            .await
+            .unwrap();
+        // Read past more records than a session may owe answers for, and the invalid line
+        // after them answered at once.
+        let answer = first_line(&mut h.client, Duration::from_secs(10)).await;
+        assert_eq!(answer.as_deref(), Some("? bad"));
+        assert_eq!(
+            h.offered.lock().unwrap().concat().len(),
+            2 * MAX_PENDING_ANSWERS
         );
     }
 
