@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::location_store::{Snapshot, Stored};
 use crate::backoff::Backoff;
 use crate::line::{Line, LineSplitter};
+use crate::protocol::Record;
 use crate::server_log::ServerLog;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::peer_link=debug`.
@@ -312,14 +313,13 @@ impl Handler<Stored> for PeerLink {
             // Down: the snapshot sent on the next connection carries these records.
             return;
         };
-        let start = c.out.len();
         for record in records.iter() {
             debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
             c.out.extend_from_slice(record.line().as_bytes());
             c.out.extend_from_slice(b"\n");
         }
-        self.log
-            .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
+        let lines = records.iter().map(Record::line);
+        self.log.each_line_out(c.conn, SystemTime::now(), lines);
         if c.out.len() > MAX_LINK_QUEUE_BYTES {
             let why = format!(
                 "{} bytes queued, over the {MAX_LINK_QUEUE_BYTES}-byte limit; \

@@ -170,8 +170,55 @@ impl ServerLog {
         self.log(SystemTime::now(), conn, b'-', text.as_bytes(), Lines::Many);
     }
 
+    /// Lines written on connection `conn` at `at`, one log line each (records sent on a
+    /// link: one log call, one prefix, for all the records of a write).
+    pub fn each_line_out<'a>(
+        &self,
+        conn: u64,
+        at: SystemTime,
+        lines: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.append(at, Some(conn), b'>', |out| {
+            lines.into_iter().for_each(|line| out.line(line.as_bytes()));
+        });
+    }
+
     /// Appends one log line per line of `body`: `<stamp> [conn <n> ]<mark> <line>`.
     fn log(&self, now: SystemTime, conn: Option<u64>, mark: u8, body: &[u8], lines: Lines) {
+        let body = if body.is_ascii() {
+            Cow::Borrowed(body)
+        } else {
+            Cow::Owned(String::from_utf8_lossy(body).into_owned().into_bytes())
+        };
+        let mut rest = body.strip_suffix(b"\n").unwrap_or(&body);
+        self.append(now, conn, mark, |out| {
+            loop {
+                let (line, next) = match lines {
+                    // Known to be one line: no search for more.
+                    Lines::One => (rest, None),
+                    Lines::Many => match memchr::memchr(b'\n', rest) {
+                        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                        None => (rest, None),
+                    },
+                };
+                out.line(line);
+                match next {
+                    Some(next) => rest = next,
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Lets `write` append lines that share one prefix (stamp, connection, mark) to the
+    /// pending text, unless the buffer is full (then the event is counted as dropped).
+    fn append(
+        &self,
+        now: SystemTime,
+        conn: Option<u64>,
+        mark: u8,
+        write: impl FnOnce(&mut LineWriter<'_>),
+    ) {
         let Some(shared) = &self.shared else {
             return;
         };
@@ -197,30 +244,7 @@ impl ServerLog {
             prefix.extend_from_slice(&[b' ', mark, b' ']);
             *prefix_of = Some((now, conn, mark));
         }
-        let body = if body.is_ascii() {
-            Cow::Borrowed(body)
-        } else {
-            Cow::Owned(String::from_utf8_lossy(body).into_owned().into_bytes())
-        };
-        let mut rest = body.strip_suffix(b"\n").unwrap_or(&body);
-        loop {
-            let (line, next) = match lines {
-                // Known to be one line: no search for more.
-                Lines::One => (rest, None),
-                Lines::Many => match memchr::memchr(b'\n', rest) {
-                    Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                    None => (rest, None),
-                },
-            };
-            text.reserve(prefix.len() + line.len() + 1);
-            text.extend_from_slice(prefix);
-            text.extend_from_slice(line);
-            text.push(b'\n');
-            match next {
-                Some(next) => rest = next,
-                None => break,
-            }
-        }
+        write(&mut LineWriter { text, prefix });
         if text.len() >= WAKE_AT_BYTES && !pending.woken {
             pending.woken = true;
             drop(pending);
@@ -228,6 +252,22 @@ impl ServerLog {
                 thread.unpark();
             }
         }
+    }
+}
+
+/// Appends log lines, each after the same prefix.
+struct LineWriter<'a> {
+    text: &'a mut Vec<u8>,
+    prefix: &'a [u8],
+}
+
+impl LineWriter<'_> {
+    /// One log line: the prefix, `line` (which holds no line ending) and a line ending.
+    fn line(&mut self, line: &[u8]) {
+        self.text.reserve(self.prefix.len() + line.len() + 1);
+        self.text.extend_from_slice(self.prefix);
+        self.text.extend_from_slice(line);
+        self.text.push(b'\n');
     }
 }
 
@@ -341,6 +381,7 @@ mod tests {
         log.lines_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
         log.line_in(3, SystemTime::now(), b"bad \xff");
         log.line_out(3, SystemTime::now(), "AT y");
+        log.each_line_out(4, SystemTime::now(), ["AT a", "AT b"]);
         writer.close();
         let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
         let lines: Vec<_> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
@@ -355,6 +396,8 @@ mod tests {
                 "conn 3 > ",
                 "conn 3 < bad \u{fffd}",
                 "conn 3 > AT y",
+                "conn 4 > AT a",
+                "conn 4 > AT b",
             ]
         );
         let stamp = text.split(' ').next().unwrap();
