@@ -210,27 +210,29 @@ impl PeerLink {
         };
         while c.waiting_writable.is_none() {
             let refill = c.out.len() < SNAPSHOT_CHUNK_BYTES && c.backlog.len() > 0;
-            if refill && c.waiting_log.is_none() && self.log.is_behind() {
-                // The snapshot waits for the log rather than make it drop lines.
-                let generation = self.generation;
-                c.waiting_log = Some(ctx.run_later(LOG_WAIT, move |act, ctx| {
-                    if act.generation != generation {
-                        return;
+            if refill && c.waiting_log.is_none() {
+                if self.log.is_behind() {
+                    // The snapshot waits for the log rather than make it drop lines.
+                    let generation = self.generation;
+                    c.waiting_log = Some(ctx.run_later(LOG_WAIT, move |act, ctx| {
+                        if act.generation != generation {
+                            return;
+                        }
+                        if let Some(c) = act.connection.as_mut() {
+                            c.waiting_log = None;
+                        }
+                        act.flush(ctx);
+                    }));
+                } else {
+                    let start = c.out.len();
+                    while c.out.len() < SNAPSHOT_CHUNK_BYTES {
+                        let Some(line) = c.backlog.next() else { break };
+                        c.out.extend_from_slice(line.as_bytes());
+                        c.out.extend_from_slice(b"\n");
                     }
-                    if let Some(c) = act.connection.as_mut() {
-                        c.waiting_log = None;
-                    }
-                    act.flush(ctx);
-                }));
-            } else if refill && c.waiting_log.is_none() {
-                let start = c.out.len();
-                while c.out.len() < SNAPSHOT_CHUNK_BYTES {
-                    let Some(line) = c.backlog.next() else { break };
-                    c.out.extend_from_slice(line.as_bytes());
-                    c.out.extend_from_slice(b"\n");
+                    self.log
+                        .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
                 }
-                self.log
-                    .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
             }
             if c.out.is_empty() {
                 return;
@@ -419,7 +421,7 @@ async fn watch_neighbor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Command, Record};
+    use crate::protocol::Command;
     use std::sync::Mutex;
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
