@@ -263,11 +263,18 @@ impl<'a> Decimal<'a> {
         for (i, block) in blocks.iter().enumerate() {
             check(i * 8, u64::from_le_bytes(*block))?;
         }
-        if !last.is_empty() {
-            // Padded with digits, which change nothing.
+        if let (false, Some(end)) = (last.is_empty(), bytes.last_chunk::<8>()) {
+            // The last eight bytes, of which those read already are taken for digits (the
+            // low bytes of the word: shifted out, and digits shifted in).
+            let seen = 8 - last.len();
+            let word = u64::from_le_bytes(*end) >> (8 * seen);
+            let zeros = u64::from_ne_bytes([b'0'; 8]) << (8 * last.len());
+            check(bytes.len() - 8 + seen, word | zeros)?;
+        } else if !last.is_empty() {
+            // Shorter than a word: padded with digits, which change nothing.
             let mut padded = [b'0'; 8];
             padded[..last.len()].copy_from_slice(last);
-            check(blocks.len() * 8, u64::from_le_bytes(padded))?;
+            check(0, u64::from_le_bytes(padded))?;
         }
         let (int, frac) = match dot {
             Some(dot) => (&s[..dot], &s[dot + 1..]),
@@ -778,6 +785,32 @@ mod tests {
         let long = format!("IAMAT {} +1+1 1", "x".repeat(257));
         assert!(iamat(&ok).is_some());
         assert!(iamat(&long).is_none());
+    }
+
+    #[test]
+    fn a_decimal_is_checked_at_every_position_of_every_length() {
+        // Lengths that end on, before and past each eight-byte block.
+        for len in 1..=26 {
+            let digits = |p: usize, with: char| -> String {
+                (0..len).map(|i| if i == p { with } else { '7' }).collect()
+            };
+            assert!(Decimal::parse(&"7".repeat(len)).is_some(), "{len} digits");
+            for p in 0..len {
+                let dotted = digits(p, '.');
+                let inside = p > 0 && p < len - 1;
+                assert_eq!(Decimal::parse(&dotted).is_some(), inside, "{dotted:?}");
+                for bad in ['x', '/', ':', '\0', ' '] {
+                    let text = digits(p, bad);
+                    assert!(Decimal::parse(&text).is_none(), "{text:?}");
+                }
+                for q in p + 1..len {
+                    let mut two: Vec<char> = dotted.chars().collect();
+                    two[q] = '.';
+                    let two: String = two.into_iter().collect();
+                    assert!(Decimal::parse(&two).is_none(), "{two:?}");
+                }
+            }
+        }
     }
 
     #[test]
