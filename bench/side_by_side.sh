@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Two builds at once: each runs its own servers on the same core, loaded at the same time
+# from the other core, so both meet the same machine at every moment. Their throughputs'
+# ratio is then their relative speed, servers and their log threads included; it repeats
+# to within ~0.5%, where runs one after the other (compare.sh) drift by 10-20% with the
+# phases of a shared machine. Use it to decide whether a change that instruction counts
+# cannot see (system calls, scheduling, the log thread) is a win.
+#
+#   bash bench/side_by_side.sh OLD_BINARY NEW_BINARY [chain|one]
+#
+# chain (the default): each build runs a chain of three (Bailey - Bona - Campbell) loaded at
+# its middle, as compare.sh's "middle of a chain"; one: each build runs one server.
+# Rounds alternate which build goes first (ports, start order), to cancel any edge that
+# gives. Prints NEW / OLD per round and their mean.
+#
+# Environment: ROUNDS (4), DURATION (seconds of load per round, 5), CONNS (50), PORT_BASE
+# (first of six ports, 17250), SKIP_BUILD=1 (use the release load tool as it is).
+# Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $# -lt 2 ]]; then
+    echo "usage: bash bench/side_by_side.sh OLD_BINARY NEW_BINARY [chain|one]" >&2
+    exit 2
+fi
+OLD=$1
+NEW=$2
+SHAPE=${3:-chain}
+if [[ $SHAPE != chain && $SHAPE != one ]]; then
+    echo "shape must be chain or one, not $SHAPE" >&2
+    exit 2
+fi
+ROUNDS=${ROUNDS:-4}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-50}
+PORT_BASE=${PORT_BASE:-17250}
+LOAD=target/release/herd
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release --quiet
+fi
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+    SERVER_CPU=(taskset -c 0)
+    LOAD_CPU=(taskset -c 1)
+else
+    echo "warning: no taskset or fewer than 2 CPUs: servers and load share the CPUs" >&2
+    SERVER_CPU=()
+    LOAD_CPU=()
+fi
+
+SCRIPT=side_by_side
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
+
+# config SIDE BASE: the herd of one side, its servers on ports BASE, BASE+1, BASE+2.
+config() {
+    local side=$1 base=$2
+    if [[ $SHAPE == one ]]; then
+        cat <<EOF
+[places]
+url = "http://127.0.0.1:9/nearbysearch/json"
+
+[log]
+dir = "$TMP/logs-$side"
+
+[[nodes]]
+name = "Clark"
+addr = "127.0.0.1:$base"
+EOF
+        return
+    fi
+    cat <<EOF
+links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
+
+[places]
+url = "http://127.0.0.1:9/nearbysearch/json"
+
+[log]
+dir = "$TMP/logs-$side"
+
+[[nodes]]
+name = "Bailey"
+addr = "127.0.0.1:$base"
+
+[[nodes]]
+name = "Bona"
+addr = "127.0.0.1:$((base + 1))"
+
+[[nodes]]
+name = "Campbell"
+addr = "127.0.0.1:$((base + 2))"
+EOF
+}
+
+# up SIDE BINARY BASE: starts a side's servers; its loaded address is then in LOADED.
+up() {
+    local side=$1 bin=$2 base=$3 name
+    config "$side" "$base" >"$TMP/$side.toml"
+    if [[ $SHAPE == one ]]; then
+        start "$side-clark" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run Clark \
+            -c "$TMP/$side.toml"
+        LOADED=127.0.0.1:$base
+        return
+    fi
+    for name in Bailey Bona Campbell; do
+        start "$side-$name" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run "$name" \
+            -c "$TMP/$side.toml"
+    done
+    # The links are up once a record sent to one end is known at the other.
+    "$LOAD" bench flood --send "127.0.0.1:$base" --watch "127.0.0.1:$((base + 2))" --count 1 \
+        --timeout 15 --json >/dev/null
+    LOADED=127.0.0.1:$((base + 1))
+}
+
+# field KEY: the number after "KEY": in the JSON on standard input.
+field() {
+    sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
+}
+
+echo "side by side ($SHAPE, $ROUNDS rounds of ${DURATION}s, --conns $CONNS each, servers on CPU 0):"
+echo "  OLD $OLD"
+echo "  NEW $NEW"
+printf '  %-6s %12s %12s %9s %9s %9s\n' round "OLD req/s" "NEW req/s" "OLD p99" "NEW p99" NEW/OLD
+ratios=()
+for round in $(seq "$ROUNDS"); do
+    # Odd rounds: OLD on the first ports and started first; even rounds: NEW.
+    if ((round % 2)); then first=("$OLD" old) second=("$NEW" new); else first=("$NEW" new) second=("$OLD" old); fi
+    PIDS_BEFORE=${#PIDS[@]}
+    up "${first[1]}" "${first[0]}" "$PORT_BASE"
+    addr_first=$LOADED
+    up "${second[1]}" "${second[0]}" $((PORT_BASE + 3))
+    addr_second=$LOADED
+    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" bench iamat --addr "$addr_first" \
+        --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${first[1]}.json" &
+    load_first=$!
+    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" bench iamat --addr "$addr_second" \
+        --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${second[1]}.json" &
+    load_second=$!
+    wait "$load_first" "$load_second"
+    stop "${PIDS[@]:$PIDS_BEFORE}"
+    PIDS=("${PIDS[@]:0:$PIDS_BEFORE}")
+    rm -rf "$TMP"/logs-*
+    old_rps=$(field throughput_rps <"$TMP/old.json")
+    new_rps=$(field throughput_rps <"$TMP/new.json")
+    ratio=$(awk -v n="$new_rps" -v o="$old_rps" 'BEGIN { printf "%.3f", n / o }')
+    ratios+=("$ratio")
+    printf '  %-6s %12.0f %12.0f %9s %9s %9s\n' "$round" "$old_rps" "$new_rps" \
+        "$(field p99 <"$TMP/old.json")" "$(field p99 <"$TMP/new.json")" "$ratio"
+done
+printf '%s\n' "${ratios[@]}" |
+    awk '{ s += $1; n++; if (n == 1 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 }
+         END { printf "  NEW / OLD throughput: mean %.3f (rounds %.3f-%.3f)\n", s / n, lo, hi }'
