@@ -28,8 +28,8 @@ const LOG_BUFFER_BYTES: usize = 8 << 20;
 /// How long the log thread sleeps after writing out what was buffered: the most a logged
 /// line waits before it reaches the file. Each write holds the server's core (when they
 /// share one) for as long as it takes the kernel to copy it: every 2 ms rather than 5, the
-/// writes are shorter and one server's p99 latency was ~10% lower at the same throughput
-/// (seven alternating pairs); at 1 ms, throughput fell ~3%.
+/// writes are shorter and one server's p99 latency was ~10% lower, for ~0.6% less
+/// throughput (`bench/side_by_side.sh`); at 1 ms, throughput fell ~3%.
 const LOG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Past this many bytes waiting, the log thread is woken before its interval is over, so
