@@ -48,18 +48,10 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --quiet
 fi
 
-if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
-    SERVER_CPU=(taskset -c 0)
-    LOAD_CPU=(taskset -c 1)
-else
-    echo "warning: no taskset or fewer than 2 CPUs: servers and load share the CPUs" >&2
-    SERVER_CPU=()
-    LOAD_CPU=()
-fi
-
 SCRIPT=bench
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
+pin_cpus
 
 # bench ARGS...: one benchmark command on the load CPU, bounded in time. A failed one is
 # reported and the script goes on with the next.
@@ -187,31 +179,9 @@ addr = "$JAQUEZ_ADDR"
 EOF
 # A chain of three: Bailey - Bona - Campbell; Campbell's neighbor Watcher is played by
 # `herd bench flood --listen`, which takes the records off Campbell's link as they come.
-cat >"$TMP/chain.toml" <<EOF
-links = [["Bailey", "Bona"], ["Bona", "Campbell"], ["Campbell", "Watcher"]]
-
-[places]
-url = "http://127.0.0.1:9/nearbysearch/json"
-
-[log]
-dir = "$TMP/logs"
-
-[[nodes]]
-name = "Bailey"
-addr = "$BAILEY_ADDR"
-
-[[nodes]]
-name = "Bona"
-addr = "$BONA_ADDR"
-
-[[nodes]]
-name = "Campbell"
-addr = "$CAMPBELL_ADDR"
-
-[[nodes]]
-name = "Watcher"
-addr = "$WATCHER_ADDR"
-EOF
+herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"], ["Campbell", "Watcher"]]' \
+    "Bailey=$BAILEY_ADDR" "Bona=$BONA_ADDR" "Campbell=$CAMPBELL_ADDR" "Watcher=$WATCHER_ADDR" \
+    >"$TMP/chain.toml"
 
 echo "herd bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 

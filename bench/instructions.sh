@@ -50,38 +50,9 @@ SCRIPT=instructions START_WAIT_S=30
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
 
-cat >"$TMP/one.toml" <<EOF
-[places]
-url = "http://127.0.0.1:9/nearbysearch/json"
-
-[log]
-dir = "$TMP/logs"
-
-[[nodes]]
-name = "Clark"
-addr = "$ADDR"
-EOF
-cat >"$TMP/chain.toml" <<EOF
-links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
-
-[places]
-url = "http://127.0.0.1:9/nearbysearch/json"
-
-[log]
-dir = "$TMP/logs"
-
-[[nodes]]
-name = "Bailey"
-addr = "$BAILEY_ADDR"
-
-[[nodes]]
-name = "Bona"
-addr = "$BONA_ADDR"
-
-[[nodes]]
-name = "Campbell"
-addr = "$CAMPBELL_ADDR"
-EOF
+herd_config "$TMP/logs" "" "Clark=$ADDR" >"$TMP/one.toml"
+herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \
+    "Bailey=$BAILEY_ADDR" "Bona=$BONA_ADDR" "Campbell=$CAMPBELL_ADDR" >"$TMP/chain.toml"
 
 # load ADDR: the IAMAT load, as JSON.
 load() {

@@ -40,6 +40,34 @@ start() {
     exit 1
 }
 
+# herd_config LOG_DIR LINKS NAME=ADDR...: a herd.toml on standard output, its servers at
+# these addresses, linked as LINKS says (a TOML array of name pairs; empty for none), with a
+# places URL that answers nothing (these runs need no WHATSAT).
+herd_config() {
+    local logs=$1 links=$2 node
+    shift 2
+    if [[ -n $links ]]; then
+        printf 'links = %s\n\n' "$links"
+    fi
+    printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n' "$logs"
+    for node in "$@"; do
+        printf '\n[[nodes]]\nname = "%s"\naddr = "%s"\n' "${node%%=*}" "${node#*=}"
+    done
+}
+
+# pin_cpus: servers on CPU 0 and load on CPU 1 (`taskset`), so they do not fight over one
+# core: sets SERVER_CPU and LOAD_CPU, the commands to prefix them with.
+pin_cpus() {
+    if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+        SERVER_CPU=(taskset -c 0)
+        LOAD_CPU=(taskset -c 1)
+    else
+        echo "warning: no taskset or fewer than 2 CPUs: servers and load share the CPUs" >&2
+        SERVER_CPU=()
+        LOAD_CPU=()
+    fi
+}
+
 # stop PID...: stops servers started above.
 stop() {
     kill "$@" 2>/dev/null || true

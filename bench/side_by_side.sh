@@ -39,57 +39,21 @@ LOAD=target/release/herd
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --quiet
 fi
-if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
-    SERVER_CPU=(taskset -c 0)
-    LOAD_CPU=(taskset -c 1)
-else
-    echo "warning: no taskset or fewer than 2 CPUs: servers and load share the CPUs" >&2
-    SERVER_CPU=()
-    LOAD_CPU=()
-fi
-
 SCRIPT=side_by_side
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
+pin_cpus
 
 # config SIDE BASE: the herd of one side, its servers on ports BASE, BASE+1, BASE+2.
 config() {
     local side=$1 base=$2
     if [[ $SHAPE == one ]]; then
-        cat <<EOF
-[places]
-url = "http://127.0.0.1:9/nearbysearch/json"
-
-[log]
-dir = "$TMP/logs-$side"
-
-[[nodes]]
-name = "Clark"
-addr = "127.0.0.1:$base"
-EOF
-        return
+        herd_config "$TMP/logs-$side" "" "Clark=127.0.0.1:$base"
+    else
+        herd_config "$TMP/logs-$side" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \
+            "Bailey=127.0.0.1:$base" "Bona=127.0.0.1:$((base + 1))" \
+            "Campbell=127.0.0.1:$((base + 2))"
     fi
-    cat <<EOF
-links = [["Bailey", "Bona"], ["Bona", "Campbell"]]
-
-[places]
-url = "http://127.0.0.1:9/nearbysearch/json"
-
-[log]
-dir = "$TMP/logs-$side"
-
-[[nodes]]
-name = "Bailey"
-addr = "127.0.0.1:$base"
-
-[[nodes]]
-name = "Bona"
-addr = "127.0.0.1:$((base + 1))"
-
-[[nodes]]
-name = "Campbell"
-addr = "127.0.0.1:$((base + 2))"
-EOF
 }
 
 # up SIDE BINARY BASE: starts a side's servers; its loaded address is then in LOADED.

@@ -199,22 +199,17 @@ impl ServerLog {
         } else {
             Cow::Owned(String::from_utf8_lossy(body).into_owned().into_bytes())
         };
-        let mut rest = body.strip_suffix(b"\n").unwrap_or(&body);
-        self.append(now, conn, mark, |out| {
-            loop {
-                let (line, next) = match lines {
-                    // Known to be one line: no search for more.
-                    Lines::One => (rest, None),
-                    Lines::Many => match memchr::memchr(b'\n', rest) {
-                        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                        None => (rest, None),
-                    },
-                };
-                out.line(line);
-                match next {
-                    Some(next) => rest = next,
-                    None => break,
+        let body = body.strip_suffix(b"\n").unwrap_or(&body);
+        self.append(now, conn, mark, |out| match lines {
+            // Known to be one line: no search for more.
+            Lines::One => out.line(body),
+            Lines::Many => {
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', body) {
+                    out.line(&body[start..end]);
+                    start = end + 1;
                 }
+                out.line(&body[start..]);
             }
         });
     }
