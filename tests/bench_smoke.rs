@@ -170,6 +170,9 @@ fn iamat_load_flood_idle_and_records_against_a_herd_node() {
     assert_eq!(number(&burst, "acked"), 300, "{burst}");
     assert_eq!(number(&burst, "known"), 300, "{burst}");
     assert_eq!(number(&burst, "missing"), 0, "{burst}");
+    // Polling sees a record only a round late: no first or half arrival is claimed.
+    assert!(burst["t_first_known_ms"].is_null(), "{burst}");
+    assert!(burst["t_half_known_ms"].is_null(), "{burst}");
 
     let rate = bench(&[
         "flood", "--send", &addr, "--watch", &addr, "--count", "20", "--rate", "200",
@@ -221,6 +224,15 @@ fn flood_watches_as_a_neighbor_taking_records_off_the_servers_link() {
     assert_eq!(number(&burst, "known"), 300, "{burst}");
     assert_eq!(number(&burst, "missing"), 0, "{burst}");
     assert_eq!(number(&burst, "poll_rounds"), 0, "{burst}");
+    // Watched as a neighbor, the first and the middle arrival are timed, in order.
+    let ms = |key: &str| {
+        burst[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} in {burst}"))
+    };
+    assert!(0.0 < ms("t_first_known_ms"), "{burst}");
+    assert!(ms("t_first_known_ms") <= ms("t_half_known_ms"), "{burst}");
+    assert!(ms("t_half_known_ms") <= ms("t_known_ms"), "{burst}");
 
     let rate = as_neighbor(&["--count", "20", "--rate", "200"]);
     assert_eq!(rate["watched_by"], "neighbor", "{rate}");

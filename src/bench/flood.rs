@@ -104,6 +104,12 @@ pub struct BurstReport {
     pub t_known_ms: f64,
     /// `t_known_ms / t_ack_ms`.
     pub ratio: f64,
+    /// Milliseconds until the first record, and until half of them, arrived: how the
+    /// records flowed between the first write and the last (watching as a neighbor only;
+    /// polling learns of a record only a round late, so it reports none).
+    pub t_first_known_ms: Option<f64>,
+    /// See `t_first_known_ms`.
+    pub t_half_known_ms: Option<f64>,
     /// WHATSAT rounds over the records not yet known (0 when watching as a neighbor).
     pub poll_rounds: u64,
     /// How the watched server was watched: `"whatsat"` or `"neighbor"`.
@@ -184,10 +190,15 @@ async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
             let ticker = progress::counting(visible, "known", args.count, neighbor.known());
             neighbor.wait_all(give_up).await;
             ticker.finish();
-            let arrivals = neighbor.arrivals();
+            let mut arrived: Vec<Instant> = neighbor.arrivals().into_iter().flatten().collect();
+            arrived.sort_unstable();
             Known {
-                missing: arrivals.iter().filter(|a| a.is_none()).count() as u64,
-                last: arrivals.iter().flatten().max().copied().unwrap_or(start),
+                missing: args.count - arrived.len() as u64,
+                last: arrived.last().copied().unwrap_or(start),
+                first_and_half: arrived
+                    .first()
+                    .zip(arrived.get(arrived.len() / 2))
+                    .map(|(first, half)| (first.duration_since(start), half.duration_since(start))),
                 rounds: 0,
             }
         }
@@ -216,13 +227,17 @@ async fn run_burst(args: &FloodArgs) -> anyhow::Result<()> {
         missing: known.missing,
         t_known_ms: ms(t_known),
         ratio: round3(t_known.as_secs_f64() / t_ack.as_secs_f64().max(1e-9)),
+        t_first_known_ms: known.first_and_half.map(|(first, _)| ms(first)),
+        t_half_known_ms: known.first_and_half.map(|(_, half)| ms(half)),
         poll_rounds: known.rounds,
         watched_by: watch.name(),
         first_error,
     };
     report::emit(args.output.json, &report, || {
-        let how = match report.watched_by {
-            "neighbor" => "as its neighbor".to_owned(),
+        let how = match (report.t_first_known_ms, report.t_half_known_ms) {
+            (Some(first), Some(half)) => {
+                format!("as its neighbor; the first after {first:.1} ms, half after {half:.1} ms")
+            }
             _ => format!("{} polling rounds", report.poll_rounds),
         };
         format!(
@@ -289,6 +304,9 @@ struct Known {
     missing: u64,
     /// When the last one became known.
     last: Instant,
+    /// How long after the start the first one, and half of them, became known, where the
+    /// watch sees arrivals as they happen.
+    first_and_half: Option<(Duration, Duration)>,
     /// WHATSAT rounds it took.
     rounds: u64,
 }
@@ -342,6 +360,7 @@ async fn poll_burst(
     Ok(Known {
         missing: pending.len() as u64,
         last,
+        first_and_half: None,
         rounds,
     })
 }
