@@ -93,21 +93,35 @@ cpu_ticks() {
         sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
 }
 
+# The /proc/stat line of the servers' CPU: CPU 0 when they are pinned there.
+STAT_CPU=cpu
+if [[ ${#SERVER_CPU[@]} -gt 0 ]]; then
+    STAT_CPU=cpu0
+fi
+
+# cpu_time: the servers' CPU's stolen and total time so far (clock ticks, from /proc/stat).
+# Stolen time is what the hypervisor gave to other machines: a round with much of it ran on
+# a slower machine than its neighbors, whichever server it measured.
+cpu_time() {
+    awk -v c="$STAT_CPU" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat
+}
+
 # ab TITLE ADDR_A NAME_A PIDS_A ADDR_B NAME_B PIDS_B IAMAT_OPTIONS...: IAMAT load on A and B
 # alternately, ROUNDS times each; prints every run, with the CPU time the processes PIDS_A
-# (or PIDS_B, space-separated) took per request, and the ratios B/A of the means. CPU per
-# request does not depend on whether the load tool keeps up, as throughput does.
+# (or PIDS_B, space-separated) took per request and the share of the servers' CPU stolen by
+# the hypervisor, and the ratios B/A of the means. CPU per request does not depend on
+# whether the load tool keeps up, as throughput does.
 ab() {
     local title=$1 addr_a=$2 name_a=$3 pids_a=$4 addr_b=$5 name_b=$6 pids_b=$7
     shift 7
     local -a rps_a=() rps_b=() p99_a=() p99_b=() cpu_a=() cpu_b=()
-    local round side addr name pids json rps p50 p99 errors before after cpu
+    local round side addr name pids json rps p50 p99 errors before after cpu time_before time_after
     local tick
     tick=$(getconf CLK_TCK)
     echo
     echo "== $title: IAMAT $*, $ROUNDS rounds of $name_a and $name_b, ${DURATION}s each"
-    printf '  %-6s %-9s %10s %8s %8s %8s %7s %11s\n' round server req/s p50us p99us maxus errors \
-        cpu-us/req
+    printf '  %-6s %-9s %10s %8s %8s %8s %7s %11s %7s\n' round server req/s p50us p99us maxus \
+        errors cpu-us/req stolen
     for round in $(seq "$ROUNDS"); do
         for side in A B; do
             if [[ $side == A ]]; then
@@ -117,9 +131,11 @@ ab() {
             fi
             # shellcheck disable=SC2086 # PIDS is a list
             before=$(cpu_ticks $pids)
+            time_before=$(cpu_time)
             json=$(bench iamat --addr "$addr" --duration "$DURATION" "$@" --json)
             # shellcheck disable=SC2086
             after=$(cpu_ticks $pids)
+            time_after=$(cpu_time)
             if [[ -z $json ]]; then
                 continue
             fi
@@ -129,8 +145,9 @@ ab() {
             errors=$(field errors <<<"$json")
             cpu=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$(field count <<<"$json")" \
                 'BEGIN { if (n > 0) printf "%.2f", t / hz / n * 1e6; else print 0 }')
-            printf '  %-6s %-9s %10.0f %8s %8s %8s %7s %11s\n' "$round" "$name" "$rps" "$p50" \
-                "$p99" "$(field max <<<"$json")" "$errors" "$cpu"
+            printf '  %-6s %-9s %10.0f %8s %8s %8s %7s %11s %7s\n' "$round" "$name" "$rps" \
+                "$p50" "$p99" "$(field max <<<"$json")" "$errors" "$cpu" \
+                "$(stolen "$time_before" "$time_after")"
             if [[ $side == A ]]; then
                 rps_a+=("$rps") p99_a+=("$p99") cpu_a+=("$cpu")
             else
@@ -145,6 +162,12 @@ ab() {
     printf '  mean   %-9s %10s req/s, p99 %s us, CPU %s us/req\n' "$name_b" "$rb" "$pb" "$cb"
     AB_THROUGHPUT=$(ratio "$rb" "$ra") AB_P99=$(ratio "$pb" "$pa")
     echo "  ratio $name_b/$name_a: throughput $AB_THROUGHPUT, p99 $AB_P99, CPU per request $(ratio "$cb" "$ca")"
+}
+
+# stolen BEFORE AFTER: the share of the servers' CPU stolen between two `cpu_time`s.
+stolen() {
+    awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " ")
+        if (y[2] > x[2]) printf "%.1f%%", 100 * (y[1] - x[1]) / (y[2] - x[2]); else print "?" }'
 }
 
 # verdict WHAT VALUE OP LIMIT: prints whether VALUE meets the target "OP LIMIT" (<= or >=);
