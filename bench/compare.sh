@@ -44,13 +44,10 @@ WATCHER_ADDR=127.0.0.1:$((PORT_BASE + 6))
 PLACES_ADDR=127.0.0.1:$((PORT_BASE + 9))
 
 BIN=target/release/herd
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release --quiet
-fi
-
 SCRIPT=bench
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
+build_release
 pin_cpus
 
 # bench ARGS...: one benchmark command on the load CPU, bounded in time. A failed one is

@@ -38,9 +38,6 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null
     echo "valgrind (with callgrind_control) is needed: apt-get install valgrind" >&2
     exit 1
 fi
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release --quiet
-fi
 BINS=("$@")
 if [[ ${#BINS[@]} == 0 ]]; then
     BINS=("$LOAD")
@@ -49,6 +46,7 @@ fi
 SCRIPT=instructions START_WAIT_S=30
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
+build_release
 
 herd_config "$TMP/logs" "" "Clark=$ADDR" >"$TMP/one.toml"
 herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \

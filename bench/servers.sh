@@ -1,6 +1,6 @@
-# Sourced by the scripts of bench/: a temporary directory ($TMP, named after $SCRIPT),
-# servers started in the background and waited for, and every one of them stopped, and the
-# directory removed, when the script exits (also on Ctrl-C).
+# Sourced by the scripts of bench/: the release build, a temporary directory ($TMP, named
+# after $SCRIPT), servers started in the background and waited for, and every one of them
+# stopped, and the directory removed, when the script exits (also on Ctrl-C).
 #
 # START_WAIT_S: how long a server may take to say it listens (10 s; more under valgrind).
 
@@ -53,6 +53,13 @@ herd_config() {
     for node in "$@"; do
         printf '\n[[nodes]]\nname = "%s"\naddr = "%s"\n' "${node%%=*}" "${node#*=}"
     done
+}
+
+# build_release: builds the release binary, unless SKIP_BUILD=1 asks to use it as it is.
+build_release() {
+    if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+        cargo build --release --quiet
+    fi
 }
 
 # pin_cpus: servers on CPU 0 and load on CPU 1 (`taskset`), so they do not fight over one

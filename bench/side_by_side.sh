@@ -36,12 +36,10 @@ CONNS=${CONNS:-50}
 PORT_BASE=${PORT_BASE:-17250}
 LOAD=target/release/herd
 
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    cargo build --release --quiet
-fi
 SCRIPT=side_by_side
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
+build_release
 pin_cpus
 
 # config SIDE BASE: the herd of one side, its servers on ports BASE, BASE+1, BASE+2.
