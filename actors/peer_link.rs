@@ -389,29 +389,25 @@ async fn watch_neighbor(
 ) {
     let mut buffer = [0u8; 512];
     let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
-    let log_line = |line: Line<'_>| {
+    let mut complained = false;
+    let mut log_line = |line: Line<'_>| {
         let (Line::Complete(bytes) | Line::TooLong(bytes) | Line::Unterminated(bytes)) = line;
         log.line_in(conn, SystemTime::now(), bytes);
+        if !std::mem::replace(&mut complained, true) {
+            let said = String::from_utf8_lossy(bytes);
+            log.note(
+                Some(conn),
+                format!("link to {neighbor}: the neighbor answered {said:?}"),
+            );
+        }
     };
-    let mut complained = false;
     let why = loop {
         match half.read(&mut buffer).await {
             Ok(0) => {
-                lines.finish(log_line);
+                lines.finish(&mut log_line);
                 break "the neighbor closed the link".to_owned();
             }
-            Ok(n) => {
-                lines.push(&buffer[..n], log_line);
-                if !complained {
-                    complained = true;
-                    let said = String::from_utf8_lossy(&buffer[..n]);
-                    let said = said.lines().next().unwrap_or_default();
-                    log.note(
-                        Some(conn),
-                        format!("link to {neighbor}: the neighbor answered {said:?}"),
-                    );
-                }
-            }
+            Ok(n) => lines.push(&buffer[..n], &mut log_line),
             Err(e) => break format!("read failed: {e}"),
         }
     };

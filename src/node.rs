@@ -275,8 +275,9 @@ async fn accept(
                 Ok((stream, _)) => {
                     // Answers are written whole; Nagle would only delay them.
                     let _ = stream.set_nodelay(true);
+                    let conn = settings.log.next_conn();
                     let session =
-                        ClientSession::start(stream, settings.log.next_conn(), settings.clone(), services.clone());
+                        ClientSession::start(stream, conn, settings.clone(), services.clone());
                     sessions.push(session);
                     if sessions.len() >= prune_at {
                         sessions.retain(Addr::connected);

@@ -110,11 +110,13 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// The high bit of every byte of a word: how [`bytes_below`] and [`non_digits`] mark bytes.
+const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+
 /// The high bit (0x80) of each byte of `word` whose value is below `limit` (at most 0x80),
 /// and no other bit: exact for every byte, as no carry crosses from one byte to the next.
 fn bytes_below(word: u64, limit: u8) -> u64 {
     const LOW_SEVEN: u64 = u64::from_ne_bytes([0x7f; 8]);
-    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
     // Adding 0x80 - limit to a byte's low seven bits sets its high bit exactly when they
     // are at least `limit`; a byte with its own high bit set is above every limit.
     let at_least = ((word & LOW_SEVEN) + u64::from_ne_bytes([0x80 - limit; 8])) | word;
@@ -123,7 +125,6 @@ fn bytes_below(word: u64, limit: u8) -> u64 {
 
 /// The high bit of each byte of `word` that is not an ASCII digit, and no other bit.
 fn non_digits(word: u64) -> u64 {
-    const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
     // `b ^ 0x30` is below 10 exactly for the digits `0x30..=0x39`.
     !bytes_below(word ^ u64::from_ne_bytes([b'0'; 8]), 10) & HIGH_BITS
 }

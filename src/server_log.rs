@@ -6,12 +6,12 @@
 //! nanoseconds: the date part of the timestamp is formatted once a second), and a thread of
 //! the log's own swaps the buffer out every few milliseconds (sooner when a burst fills it)
 //! and writes it to the file; when a turn finds nothing, it sleeps until the next line
-//! comes, so an idle server's log never wakes. That thread only makes one `write` per turn, so it never holds
-//! the server's core for long (formatting there made it run for hundreds of microseconds at
-//! a time, which showed as a doubled p99 latency under load). It keeps the normal priority:
-//! at a lower one it fell behind under heavy load and dropped events. The buffer is
-//! bounded: if the disk cannot keep up, events are counted and dropped rather than held in
-//! memory, and the file says how many were lost.
+//! comes, so an idle server's log never wakes. That thread only makes one `write` per turn,
+//! so it never holds the server's core for long (formatting there made it run for hundreds
+//! of microseconds at a time, which showed as a doubled p99 latency under load). It keeps
+//! the normal priority: at a lower one it fell behind under heavy load and dropped events.
+//! The buffer is bounded: if the disk cannot keep up, events are counted and dropped rather
+//! than held in memory, and the file says how many were lost.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
