@@ -54,16 +54,12 @@ pin_cpus
 # reported and the script goes on with the next.
 bench() {
     local status=0
-    timeout "$LIMIT" "${LOAD_CPU[@]}" "$BIN" bench "$@" || status=$?
+    # --foreground: in the script's process group, so that Ctrl-C reaches the benchmark.
+    timeout --foreground "$LIMIT" "${LOAD_CPU[@]}" "$BIN" bench "$@" || status=$?
     if [[ $status != 0 ]]; then
         echo "  herd bench $1 failed (exit $status)" >&2
     fi
     return 0
-}
-
-# field KEY: the number after the last "KEY": in the JSON on standard input.
-field() {
-    sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
 }
 
 # mean NUMBERS...: their mean.
@@ -172,7 +168,7 @@ stolen() {
 verdict() {
     local met
     met=$(awk -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
-        if (v !~ /^[0-9]+(\.[0-9]+)?$/) print "no figure"
+        if (v !~ /^[-+]?[0-9]+(\.[0-9]+)?$/) print "no figure"
         else if ((op == "<=") ? v + 0 <= l + 0 : v + 0 >= l + 0) print "met"
         else print "MISSED" }')
     printf '  %-52s %10s  (target %s %s)  %s\n' "$1" "${2:-?}" "$3" "$4" "$met"
@@ -268,9 +264,10 @@ dropped=$(cat "$TMP"/logs/*.log | sed -n 's/.* log buffer full: \([0-9]*\) event
     awk '{ s += $1 } END { print s + 0 }')
 echo "log events dropped: $dropped"
 
-# figure PATTERN: the first number after PATTERN in the figures printed above.
+# figure PATTERN: the first number (signed or not) after PATTERN in the figures printed
+# above.
 figure() {
-    sed -n "s/.*$1 *\([0-9.]*\).*/\1/p" "$TMP/figures.txt" | head -n 1
+    sed -n "s/.*$1 *\([-+]\?[0-9.]*\).*/\1/p" "$TMP/figures.txt" | head -n 1
 }
 echo
 echo "== against issue 4's targets (this run$([[ $QUICK == 1 ]] && echo ", QUICK: smaller than the targets' sizes"))"
@@ -288,4 +285,4 @@ verdict "propagation at ${RATE}/s, two hops: p99 (us)" \
 verdict "memory per idle connection (bytes)" \
     "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
 verdict "memory per stored record (bytes)" "$(figure "after:")" "<=" 300
-verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50 +")" "<=" 300
+verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50")" "<=" 300

@@ -84,7 +84,7 @@ one_server() {
     json=$(load "$ADDR")
     callgrind_control --dump "$pid" >/dev/null 2>&1
     stop "$pid"
-    report "$name" "$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")" "$(instructions "$tag")"
+    report "$name" "$(field count <<<"$json")" "$(instructions "$tag")"
 }
 
 # chain NAME TAG BINARY TRACED: a chain Bailey - Bona - Campbell loaded at Bona, with
@@ -121,7 +121,7 @@ chain() {
     stop "${pid[@]}"
     local count
     if [[ $traced == Bona ]]; then
-        count=$(sed -n 's/.*"count":\([0-9]*\).*/\1/p' <<<"$json")
+        count=$(field count <<<"$json")
     else
         count=$(($(grep -c " < AT " "$log") - before))
     fi

@@ -75,8 +75,22 @@ pin_cpus() {
     fi
 }
 
-# stop PID...: stops servers started above.
+# stop PID...: stops servers started above, and forgets them (so that the cleanup on exit
+# signals no process that has since taken one of their numbers).
 stop() {
     kill "$@" 2>/dev/null || true
     wait "$@" 2>/dev/null || true
+    local kept=() pid stopped
+    for pid in "${PIDS[@]}"; do
+        for stopped in "$@"; do
+            [[ $pid == "$stopped" ]] && continue 2
+        done
+        kept+=("$pid")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# field KEY: the number after "KEY": in the JSON on standard input (one line: the last one).
+field() {
+    sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
 }

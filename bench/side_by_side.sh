@@ -74,11 +74,6 @@ up() {
     LOADED=127.0.0.1:$((base + 1))
 }
 
-# field KEY: the number after "KEY": in the JSON on standard input.
-field() {
-    sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
-}
-
 echo "side by side ($SHAPE, $ROUNDS rounds of ${DURATION}s, --conns $CONNS each, servers on CPU 0):"
 echo "  OLD $OLD"
 echo "  NEW $NEW"
@@ -100,7 +95,6 @@ for round in $(seq "$ROUNDS"); do
     load_second=$!
     wait "$load_first" "$load_second"
     stop "${PIDS[@]:$PIDS_BEFORE}"
-    PIDS=("${PIDS[@]:0:$PIDS_BEFORE}")
     rm -rf "$TMP"/logs-*
     old_rps=$(field throughput_rps <"$TMP/old.json")
     new_rps=$(field throughput_rps <"$TMP/new.json")

@@ -27,8 +27,11 @@ pub struct Burst<'a> {
 }
 
 /// How a burst went.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Sent {
+    /// When the first write went out (after the connections were made), the instant a
+    /// burst's spread is timed from.
+    pub started: Instant,
     /// IAMATs answered with an AT line.
     pub acked: u64,
     /// IAMATs answered otherwise, or not at all.
@@ -39,6 +42,20 @@ pub struct Sent {
     pub failure: Option<String>,
     /// The first answer that was not an AT line, if any.
     pub first_odd: Option<String>,
+}
+
+impl Sent {
+    /// Nothing sent yet, the first write at `started`.
+    fn new(started: Instant) -> Self {
+        Sent {
+            started,
+            acked: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            failure: None,
+            first_odd: None,
+        }
+    }
 }
 
 /// Sends the burst; `done` counts the answers as they come (for a progress bar).
@@ -56,9 +73,9 @@ pub async fn send(burst: &Burst<'_>, done: &AtomicU64) -> anyhow::Result<Sent> {
     let shares = connected.into_iter().enumerate().map(|(k, conn)| {
         let from = burst.count * k as u64 / conns as u64;
         let to = burst.count * (k as u64 + 1) / conns as u64;
-        send_share(conn, burst, from..to, done)
+        send_share(conn, burst, from..to, start, done)
     });
-    let mut total = Sent::default();
+    let mut total = Sent::new(start);
     for share in join_all(shares).await {
         total.acked += share.acked;
         total.errors += share.errors;
@@ -74,9 +91,10 @@ async fn send_share(
     mut conn: Conn,
     burst: &Burst<'_>,
     range: std::ops::Range<u64>,
+    started: Instant,
     done: &AtomicU64,
 ) -> Sent {
-    let mut sent = Sent::default();
+    let mut sent = Sent::new(started);
     let batch = burst.batch.max(1) as u64;
     let mut next = range.start;
     while next < range.end {

@@ -1,11 +1,12 @@
 //! `herd bench idle`: the server's memory per idle client connection.
 //!
 //! Reads the server's resident set size (`VmRSS` of `--pid`), opens `--conns` connections
-//! that send nothing, waits `--settle` seconds, reads it again and divides the growth by
-//! the connections. Then it checks that the connections are live, not just queued in the
-//! kernel's backlog of a server that could not accept them: a sample of them, the last one
-//! included, each sends one IAMAT and must get its AT line. Finally it closes them all and
-//! reads the memory once more. Each connection is a file descriptor here too: raise the
+//! that send nothing, and checks that they are live, not just queued in the kernel's
+//! backlog of a server that could not accept them: the last one sends one IAMAT and must
+//! get its AT line (the server accepts in order, so all are accepted by then). It waits
+//! `--settle` seconds, reads the memory again and divides the growth by the connections;
+//! then a sample of the other connections each send an IAMAT too. Finally it closes them
+//! all and reads the memory once more. Each connection is a file descriptor here too: raise the
 //! limit first (`ulimit -n 65536`) for thousands of them.
 
 use std::sync::Arc;
@@ -112,10 +113,24 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         opened.fetch_add(1, Ordering::Relaxed);
     }
     ticker.finish();
+    // The server accepts in order: once the last connection has its answer, every one
+    // before it is accepted too, so the memory read next counts all of them.
+    let tag = super::run_tag();
+    let last = conns.len().saturating_sub(1);
+    let mut live = 0;
+    if let Some(conn) = conns.last_mut() {
+        live += u32::from(answers_iamat(conn, &tag, last).await);
+    }
     tokio::time::sleep(args.settle).await;
     let rss_open_kib = rss(args.pid)?;
 
-    let (live, sampled) = check_live(&mut conns).await;
+    // The rest of the sample: each connection, not just the queue, is served.
+    let step = conns.len().div_ceil(SAMPLE).max(1);
+    let mut sampled = 1;
+    for (n, conn) in conns[..last].iter_mut().enumerate().step_by(step) {
+        sampled += 1;
+        live += u32::from(answers_iamat(conn, &tag, n).await);
+    }
     if let Some(hold) = args.hold {
         tokio::time::sleep(hold).await;
     }
@@ -165,28 +180,14 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one IAMAT on an evenly spread sample of the connections (the last one included)
-/// and counts the AT answers.
-async fn check_live(conns: &mut [Conn]) -> (u32, u32) {
-    let step = conns.len().div_ceil(SAMPLE).max(1);
-    let last = conns.len().saturating_sub(1);
-    let tag = super::run_tag();
-    let (mut live, mut sampled) = (0, 0);
-    for (n, conn) in conns.iter_mut().enumerate() {
-        if n % step != 0 && n != last {
-            continue;
-        }
-        sampled += 1;
-        conn.push_iamat(format_args!("i{tag}-{n}"), POSITION, Stamp::now());
-        let mut kind = Kind::Other;
-        let answered = tokio::time::timeout(
-            ANSWER_TIMEOUT,
-            conn.exchange(1, Framing::Line, |answer| kind = answer.kind),
-        )
-        .await;
-        if matches!(answered, Ok(Ok(()))) && kind == Kind::At {
-            live += 1;
-        }
-    }
-    (live, sampled)
+/// Whether connection `n` answers one IAMAT with an AT line, within [`ANSWER_TIMEOUT`].
+async fn answers_iamat(conn: &mut Conn, tag: &str, n: usize) -> bool {
+    conn.push_iamat(format_args!("i{tag}-{n}"), POSITION, Stamp::now());
+    let mut kind = Kind::Other;
+    let answered = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        conn.exchange(1, Framing::Line, |answer| kind = answer.kind),
+    )
+    .await;
+    matches!(answered, Ok(Ok(()))) && kind == Kind::At
 }
