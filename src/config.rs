@@ -53,8 +53,12 @@ pub enum ConfigError {
     /// `[[nodes]]` is empty.
     #[error("no servers: add at least one [[nodes]] table")]
     NoNodes,
-    /// A node has an empty name or one with white space.
-    #[error("server name {0:?} is not usable: it must be non-empty and without white space")]
+    /// A node's name is empty or has a character it cannot have: white space (it is a word
+    /// of the protocol's lines), a control character, or `/` (it names the log file).
+    #[error(
+        "server name {0:?} is not usable: it must be non-empty, without white space, control \
+         characters or '/' (it is a word of the protocol and the name of the server's log file)"
+    )]
     BadName(String),
     /// Two nodes share a name.
     #[error("server {0:?} is listed twice")]
@@ -94,6 +98,12 @@ pub enum ConfigError {
     /// `places.url` is not an http(s) URL.
     #[error("places.url = {0:?} is not an http:// or https:// URL")]
     BadUrl(String),
+    /// An environment variable that looks like a setting but is not spelled as one.
+    #[error(
+        "environment variable {0} is not a setting: settings are HERD_<SECTION>__<KEY>, with \
+         two underscores before the key (HERD_PLACES__URL)"
+    )]
+    MisspelledOverride(String),
     /// A limit or timeout of zero.
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
@@ -229,6 +239,36 @@ struct RawNode {
     listen: Option<String>,
 }
 
+/// The sections a setting from the environment can be in (`HERD_<SECTION>__<KEY>`).
+const ENV_SECTIONS: [&str; 3] = ["PLACES", "LOG", "LIMITS"];
+
+/// The variables of `env` that are settings, `HERD_<SECTION>__<KEY>`. Other variables that
+/// happen to start with `HERD_` (a test's `HERD_TEST_SEED`, say) are not the config's and
+/// are left alone, except one that names a section with a single underscore after it
+/// (`HERD_PLACES_URL`): that is a setting misspelled, and would otherwise be ignored
+/// without a word.
+fn overrides(env: HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
+    let mut settings = HashMap::new();
+    for (name, value) in env {
+        let Some(rest) = name
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|r| r.strip_prefix('_'))
+        else {
+            continue;
+        };
+        if rest.contains("__") {
+            settings.insert(name, value);
+        } else if ENV_SECTIONS.iter().any(|section| {
+            rest.get(..section.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(section))
+                && rest[section.len()..].starts_with('_')
+        }) {
+            return Err(ConfigError::MisspelledOverride(name));
+        }
+    }
+    Ok(settings)
+}
+
 impl HerdConfig {
     /// Reads `path`, applies `HERD_<SECTION>__<KEY>` overrides from the environment, and
     /// validates the result.
@@ -246,6 +286,7 @@ impl HerdConfig {
             path: path.to_owned(),
             source: Box::new(source),
         };
+        let env = env.unwrap_or_else(|| std::env::vars().collect());
         let raw: RawConfig = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
@@ -253,7 +294,7 @@ impl HerdConfig {
                     .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true)
-                    .source(env),
+                    .source(Some(overrides(env)?)),
             )
             .build()
             .and_then(|c| c.try_deserialize())
@@ -356,7 +397,11 @@ fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<NodeConfig>, ConfigError> {
     let mut used: HashMap<SocketAddr, String> = HashMap::new();
     let mut nodes = Vec::with_capacity(raw.len());
     for n in raw {
-        if n.name.is_empty() || n.name.chars().any(char::is_whitespace) {
+        if n.name.is_empty()
+            || n.name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
             return Err(ConfigError::BadName(n.name));
         }
         if !names.insert(n.name.clone()) {
@@ -565,6 +610,43 @@ listen = "0.0.0.0:10001"
         assert_eq!(c.places.timeout, Duration::from_millis(1500));
         assert_eq!(c.limits.max_line_bytes, 64);
         assert_eq!(c.log.dir, PathBuf::from("/tmp/herd-logs"));
+    }
+
+    #[test]
+    fn other_herd_variables_are_left_alone_and_misspelled_settings_named() {
+        let c = load(GOOD, &[("HERD_TEST_SEED", "7"), ("HERD_HOME", "/x")]).unwrap();
+        assert_eq!(c.places.timeout, Duration::from_millis(250));
+        for misspelled in [
+            "HERD_PLACES_URL",
+            "HERD_log_dir",
+            "HERD_LIMITS_MAX_LINE_BYTES",
+        ] {
+            let message = load(GOOD, &[(misspelled, "1")]).unwrap_err().to_string();
+            assert!(
+                message.contains(misspelled) && message.contains("HERD_<SECTION>__<KEY>"),
+                "{misspelled}: got {message}"
+            );
+        }
+        let unknown = load(GOOD, &[("HERD_PLACES__URLL", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("urll"), "got {unknown}");
+    }
+
+    #[test]
+    fn a_name_that_could_not_name_a_log_file_or_a_word_is_refused() {
+        // As TOML strings.
+        for name in [
+            r#""""#,
+            r#""Cl ark""#,
+            r#""Cl\u0001ark""#,
+            r#""../x""#,
+            r#""a/b""#,
+        ] {
+            let file = GOOD.replacen("name = \"Clark\"", &format!("name = {name}"), 1);
+            let message = refused(&file);
+            assert!(message.contains("is not usable"), "{name}: got {message}");
+        }
     }
 
     #[test]
