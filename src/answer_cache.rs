@@ -41,6 +41,10 @@ impl SearchKey {
 pub struct AnswerCache {
     /// How long an entry is served; zero means nothing is ever kept.
     ttl: Duration,
+    /// The most answers held. Enforced here rather than by `LruCache::new`, which would
+    /// allocate room for all of them at start: a large `cache_entries` took gigabytes (or
+    /// aborted the server) before a single answer was cached.
+    capacity: NonZeroUsize,
     entries: LruCache<SearchKey, (Instant, Arc<str>)>,
 }
 
@@ -49,7 +53,8 @@ impl AnswerCache {
     pub fn new(ttl: Duration, capacity: NonZeroUsize) -> AnswerCache {
         AnswerCache {
             ttl,
-            entries: LruCache::new(capacity),
+            capacity,
+            entries: LruCache::unbounded(),
         }
     }
 
@@ -69,9 +74,13 @@ impl AnswerCache {
 
     /// Keeps `answer` for `key` from `now` on (unless the cache is turned off).
     pub fn put(&mut self, key: SearchKey, answer: Arc<str>, now: Instant) {
-        if !self.ttl.is_zero() {
-            self.entries.put(key, (now, answer));
+        if self.ttl.is_zero() {
+            return;
         }
+        if self.entries.len() >= self.capacity.get() && !self.entries.contains(&key) {
+            self.entries.pop_lru();
+        }
+        self.entries.put(key, (now, answer));
     }
 
     /// How many answers are held (expired ones included until they are asked for).
@@ -140,6 +149,14 @@ mod tests {
         assert!(c.get(&key(2.0, "1", PlacesApi::Legacy), now).is_none());
         assert!(c.get(&key(1.0, "1", PlacesApi::Legacy), now).is_some());
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_capacity_takes_memory_only_as_answers_come() {
+        let mut c = cache(60, usize::MAX);
+        let now = Instant::now();
+        c.put(key(1.0, "1", PlacesApi::Legacy), Arc::from("1"), now);
+        assert!(c.get(&key(1.0, "1", PlacesApi::Legacy), now).is_some());
     }
 
     #[test]
