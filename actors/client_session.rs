@@ -10,10 +10,11 @@
 //! An IAMAT's answer waits for the store to say its links took the record (flood before
 //! reply, SPEC section 2), unless the server has no link that could have to take it.
 //!
-//! A connection whose first words are `PEER <Name>` from a configured neighbor becomes the
+//! A connection whose first line is `PEER <Name>` from a configured neighbor becomes the
 //! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
 //! from that neighbor, and get no answer (SPEC section 3). Having none, they take no slot
-//! and wait for nothing: the link is read as fast as the store takes its records.
+//! and wait for nothing: the link is read as fast as the store takes its records. Client
+//! commands on it are invalid: a link carries records one way.
 //!
 //! Two bounds keep one client from making the server hold without limit: when
 //! [`MAX_PENDING_ANSWERS`] answers are owed the reader stops reading (TCP pushes back on the
@@ -202,7 +203,9 @@ impl ClientSession {
         };
         let slot = self.reserve_slot();
         match command {
-            Command::Hello(hello) if self.peer.is_none() => {
+            // A link opens with the hello (SPEC section 3): not a client's connection that
+            // has already sent lines.
+            Command::Hello(hello) if self.peer.is_none() && slot == 0 => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
                 match neighbor {
                     Some(neighbor) => {
@@ -214,6 +217,11 @@ impl ClientSession {
                     }
                     None => self.fill(slot, invalid(bytes)),
                 }
+            }
+            // A link carries records one way: a client's command on it is invalid (and an
+            // IAMAT's record, marked as the neighbor's, would never be sent back to it).
+            Command::Iamat(_) | Command::Whatsat(_) if self.peer.is_some() => {
+                self.fill(slot, invalid(bytes));
             }
             Command::Iamat(iamat) => {
                 let received = Nanos::from(received);
@@ -250,8 +258,8 @@ impl ClientSession {
                 };
                 self.answer_later(slot, async move { Bytes::from(answer.await) }, ctx);
             }
-            // A second hello, a hello from a stranger, or a record on a connection that did
-            // not say hello: invalid, and nothing changes.
+            // A second hello, a hello from a stranger or after other lines, or a record on a
+            // connection that did not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
                 self.fill(slot, invalid(bytes));
             }
@@ -790,12 +798,16 @@ mod tests {
         let mut h = session(true).await;
         let records = "AT Bona +0.000000000 a +1+1 1\nAT Bona +0.000000000 b +1+1 2\n";
         let input = format!(
-            "AT Bona +0.000000000 z +1+1 1\nPEER Bona\n{records}PEER Bona\nAT Bona +0.000000000 c +1+1"
+            "PEER Bona\n{records}PEER Bona\nIAMAT kiwi +1+1 1\nWHATSAT kiwi 1 1\n\
+             AT Bona +0.000000000 c +1+1"
         );
         let out = exchange(&mut h.client, input.as_bytes()).await;
-        // Before the hello a record is invalid; after it records get no answer; a second
-        // hello is invalid; a last record cut short by the end of the stream is dropped.
-        assert_eq!(out, "? AT Bona +0.000000000 z +1+1 1\n? PEER Bona\n");
+        // After the hello records get no answer; a second hello and client commands are
+        // invalid; a last record cut short by the end of the stream is dropped.
+        assert_eq!(
+            out,
+            "? PEER Bona\n? IAMAT kiwi +1+1 1\n? WHATSAT kiwi 1 1\n"
+        );
         let offered = h.offered.lock().unwrap().concat();
         assert_eq!(
             offered,
@@ -804,6 +816,18 @@ mod tests {
                 "AT Bona +0.000000000 b +1+1 2"
             ]
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_hello_after_other_lines_opens_no_link() {
+        let mut h = session(true).await;
+        let input = "AT Bona +0.000000000 z +1+1 1\nPEER Bona\nAT Bona +0.000000000 a +1+1 1\n";
+        let out = exchange(&mut h.client, input.as_bytes()).await;
+        assert_eq!(
+            out,
+            "? AT Bona +0.000000000 z +1+1 1\n? PEER Bona\n? AT Bona +0.000000000 a +1+1 1\n"
+        );
+        assert!(h.offered.lock().unwrap().concat().is_empty());
     }
 
     #[actix_rt::test]

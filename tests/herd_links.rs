@@ -342,19 +342,19 @@ async fn hellos_are_accepted_only_from_neighbors_and_records_only_after_a_hello(
     );
     assert_eq!(anonymous.whatsat("unsolicited").await.unwrap(), None);
 
-    // A neighbor's hello, then a record: no answer, and the record is stored.
+    // A neighbor's hello, then a record: no answer, and the record is stored. A client's
+    // command on the link is invalid (a link carries records one way).
     let mut bona = LineClient::connect(addr).await.unwrap();
     let record = "AT Bona +0.250000000 welcome +12.5-7.25 1700000000.75";
-    bona.send(&format!("PEER Bona\n{record}\n")).await.unwrap();
+    let iamat = "IAMAT onlink +1+1 1700000000";
+    bona.send(&format!("PEER Bona\n{record}\n{iamat}\n"))
+        .await
+        .unwrap();
     herd.eventually_know(&["Clark"], "welcome", record).await;
-    assert_eq!(
-        bona.finish().await.unwrap(),
-        "",
-        "Clark answered on a neighbor's link"
-    );
-    // The refused records changed nothing, anywhere.
+    assert_eq!(bona.finish().await.unwrap(), format!("? {iamat}\n"));
+    // The refused records and command changed nothing, anywhere.
     for server in ["Clark", "Bona", "Jaquez"] {
-        for client in ["sneaky", "unsolicited"] {
+        for client in ["sneaky", "unsolicited", "onlink"] {
             let held = herd.whatsat(server, client).await.unwrap();
             assert_eq!(held, None, "{server} stored a refused record of {client}");
         }
