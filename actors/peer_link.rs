@@ -10,9 +10,13 @@
 //! resends everything on the next one, so a slow or dead neighbor never holds memory or a
 //! client.
 //!
+//! A neighbor that answers at all refused the hello (an accepted link gets no answer): the
+//! link is dropped and dialled again after the longest delay, instead of streaming every
+//! record to a server that refuses each one.
+//!
 //! Like a client's, the link's connection has a number in the server's log, which holds
-//! every line sent on it (the hello, the snapshot, the records) and every line the neighbor
-//! answers. The snapshot is streamed no faster than the log writes it out, so that a large
+//! every line sent on it (the hello, the snapshot, the records) and the neighbor's
+//! answer. The snapshot is streamed no faster than the log writes it out, so that a large
 //! store sent on reconnection is logged whole instead of overflowing the log's buffer.
 
 use std::io;
@@ -343,12 +347,15 @@ impl Handler<Stored> for PeerLink {
     }
 }
 
-/// The neighbor closed the link, or reading from it failed.
+/// The neighbor closed the link, reading from it failed, or it refused the link.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 struct NeighborClosed {
     generation: u64,
     why: String,
+    /// The neighbor answered (it refused the hello): dialling again soon would only be
+    /// refused again, so the next dial waits the longest delay.
+    refused: bool,
 }
 
 impl Handler<NeighborClosed> for PeerLink {
@@ -356,6 +363,9 @@ impl Handler<NeighborClosed> for PeerLink {
 
     fn handle(&mut self, msg: NeighborClosed, ctx: &mut Context<Self>) {
         if msg.generation == self.generation {
+            if msg.refused {
+                self.backoff.to_longest();
+            }
             self.down(&msg.why, ctx);
         }
     }
@@ -377,8 +387,9 @@ impl Handler<Close> for PeerLink {
 
 /// Reads the neighbor's side of the link (connection `conn` in the log), which carries
 /// nothing in normal operation, to notice at once when it closes. A neighbor that refuses
-/// the hello answers `? ...`: every line it says is logged, and the first also gets a note,
-/// as it means the two servers' configs disagree.
+/// the hello answers `? ...` (an accepted link gets no answer): its first line is logged
+/// and ends the link, rather than let it stream every record to a server that refuses each
+/// one.
 async fn watch_neighbor(
     mut half: OwnedReadHalf,
     link: Addr<PeerLink>,
@@ -389,29 +400,40 @@ async fn watch_neighbor(
 ) {
     let mut buffer = [0u8; 512];
     let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
-    let mut complained = false;
-    let mut log_line = |line: Line<'_>| {
+    let log_line = |line: Line<'_>| {
         let (Line::Complete(bytes) | Line::TooLong(bytes) | Line::Unterminated(bytes)) = line;
         log.line_in(conn, SystemTime::now(), bytes);
-        if !std::mem::replace(&mut complained, true) {
-            let said = String::from_utf8_lossy(bytes);
-            log.note(
-                Some(conn),
-                format!("link to {neighbor}: the neighbor answered {said:?}"),
-            );
-        }
+        String::from_utf8_lossy(bytes).into_owned()
     };
-    let why = loop {
+    let (why, refused) = loop {
         match half.read(&mut buffer).await {
             Ok(0) => {
-                lines.finish(&mut log_line);
-                break "the neighbor closed the link".to_owned();
+                lines.finish(|line| {
+                    log_line(line);
+                });
+                break ("the neighbor closed the link".to_owned(), false);
             }
-            Ok(n) => lines.push(&buffer[..n], &mut log_line),
-            Err(e) => break format!("read failed: {e}"),
+            Ok(n) => {
+                let mut answered = None;
+                lines.push(&buffer[..n], |line| {
+                    let said = log_line(line);
+                    answered.get_or_insert(said);
+                });
+                if let Some(said) = answered {
+                    let why = format!(
+                        "{neighbor} refused it, answering {said:?} (do the two configs agree?)"
+                    );
+                    break (why, true);
+                }
+            }
+            Err(e) => break (format!("read failed: {e}"), false),
         }
     };
-    link.do_send(NeighborClosed { generation, why });
+    link.do_send(NeighborClosed {
+        generation,
+        why,
+        refused,
+    });
 }
 
 #[cfg(test)]

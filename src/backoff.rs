@@ -38,6 +38,12 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.min;
     }
+
+    /// Makes the next delay the longest: after a refusal, which dialling again soon would
+    /// only repeat.
+    pub fn to_longest(&mut self) {
+        self.next = self.max;
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +65,8 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= min);
+        b.to_longest();
+        assert!(b.next_delay() >= max / 2);
     }
 
     #[test]
