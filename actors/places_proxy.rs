@@ -20,9 +20,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use awc::error::PayloadError;
 use log::{debug, warn};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::client_session::MAX_OUTPUT_BYTES;
 use crate::answer_cache::{AnswerCache, SearchKey};
 use crate::config::{PlacesApi, PlacesConfig};
 use crate::places_json::{self, BadAnswer, REQUEST_DENIED, UNKNOWN_ERROR};
@@ -36,8 +38,11 @@ pub const LOG_TARGET: &str = "herd::places_proxy";
 pub const API_KEY_VAR: &str = "GOOGLE_PLACES_API_KEY";
 
 /// The largest answer body accepted from the places API. A full legacy page of 20 results
-/// is about 20 KB; this leaves room without letting a broken server fill memory.
-const MAX_BODY_BYTES: usize = 4 << 20;
+/// is about 20 KB; this leaves room without letting a broken server fill memory, and stays
+/// under what a session lets wait for a client ([`MAX_OUTPUT_BYTES`]), so that one answer
+/// read as it is written never gets its client dropped.
+const MAX_BODY_BYTES: usize = 512 << 10;
+const _: () = assert!(MAX_BODY_BYTES <= MAX_OUTPUT_BYTES / 2);
 
 /// A places API key. It prints as `***`, so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -198,7 +203,12 @@ async fn fetch(
         .body()
         .limit(MAX_BODY_BYTES)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            PayloadError::Overflow => {
+                format!("the places API's answer is over the {MAX_BODY_BYTES}-byte limit")
+            }
+            e => e.to_string(),
+        })?;
     let body = String::from_utf8(body.to_vec()).map_err(|_| BadAnswer::NotJson.to_string())?;
     let json = match api {
         PlacesApi::Legacy if !status.is_success() => {
@@ -429,6 +439,17 @@ mod tests {
             (Reply::Json(503, "{}".into()), 5000, "HTTP 503"),
             (Reply::Html(200, "<html>".into()), 5000, "not JSON"),
             (Reply::Json(200, "[1]".into()), 5000, "not an object"),
+            (
+                Reply::Json(
+                    200,
+                    format!(
+                        "{{\"results\":[],\"x\":\"{}\"}}",
+                        "x".repeat(MAX_BODY_BYTES)
+                    ),
+                ),
+                5000,
+                "over the 524288-byte limit",
+            ),
             (
                 Reply::After(
                     Duration::from_secs(5),
