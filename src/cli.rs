@@ -86,7 +86,14 @@ fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         let mut nodes = Vec::with_capacity(names.len());
         for name in &names {
-            let node = Node::start(&herd, name, key.clone()).await?;
+            let node = match Node::start(&herd, name, key.clone()).await {
+                Ok(node) => node,
+                Err(e) => {
+                    // Those already up stop in order (their logs say so) before the exit.
+                    stop_all(nodes).await;
+                    return Err(e.into());
+                }
+            };
             say(format_args!(
                 "{name} listening on {} (log: {})",
                 node.client_addr(),
@@ -94,15 +101,19 @@ fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
             ));
             nodes.push(node);
         }
-        shutdown_signal().await?;
+        let signal = shutdown_signal().await;
         say(format_args!(
             "stopping: delivering answers owed, then exiting"
         ));
-        for node in nodes {
-            node.stop().await;
-        }
-        Ok(())
+        stop_all(nodes).await;
+        signal
     })
+}
+
+/// Stops `nodes` all at once: each may wait for answers owed (up to the places timeout),
+/// and one stopping must not leave the others taking clients meanwhile.
+async fn stop_all(nodes: Vec<Node>) {
+    futures_util::future::join_all(nodes.into_iter().map(Node::stop)).await;
 }
 
 /// Prints a line for the operator. A closed standard output (`herd up | head`) must not

@@ -64,7 +64,8 @@ pub enum StartError {
     },
 }
 
-/// A running server. Dropping it leaves it running; [`Node::stop`] stops it.
+/// A running server. [`Node::stop`] stops it in order. Dropping it instead ends its accept
+/// loops and writes out its log, but leaves its store and links to the actix system.
 pub struct Node {
     name: String,
     client_addr: SocketAddr,

@@ -57,11 +57,14 @@ enum Lines {
     Many,
 }
 
-/// The log thread, to be closed (flushed and joined) when the server stops.
+/// The log thread, to be closed (flushed and joined) when the server stops: by
+/// [`LogWriter::close`], or when it is dropped (a server dropped without being stopped, say
+/// one whose start failed part-way, still writes out what it logged).
 #[derive(Debug)]
 pub struct LogWriter {
     shared: Arc<Shared>,
-    thread: JoinHandle<()>,
+    /// Taken when the thread is joined.
+    thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +119,13 @@ impl ServerLog {
             .spawn(move || write_out(&thread_shared, file))?;
         let _ = shared.thread.set(thread.thread().clone());
         let log = ServerLog::with(Some(Arc::clone(&shared)));
-        Ok((log, LogWriter { shared, thread }))
+        Ok((
+            log,
+            LogWriter {
+                shared,
+                thread: Some(thread),
+            },
+        ))
     }
 
     fn with(shared: Option<Arc<Shared>>) -> ServerLog {
@@ -336,9 +345,17 @@ impl StampCache {
 impl LogWriter {
     /// Writes out everything logged so far and stops the thread.
     pub fn close(self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.thread.thread().unpark();
-        let _ = self.thread.join();
+        drop(self);
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shared.closed.store(true, Ordering::Release);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
@@ -500,6 +517,20 @@ mod tests {
         log.note(None, "second");
         wait_for_file(&path, "second");
         writer.close();
+    }
+
+    #[test]
+    fn a_dropped_writer_writes_out_what_was_logged_and_ends_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let shared = Arc::clone(&writer.shared);
+        log.note(None, "last words");
+        drop(writer);
+        let text = fs::read_to_string(dir.path().join("Clark.log")).unwrap();
+        assert!(text.contains("last words"), "{text}");
+        drop(log);
+        // Only this test's reference is left: the thread, and its own, are gone.
+        assert_eq!(Arc::strong_count(&shared), 1);
     }
 
     #[test]

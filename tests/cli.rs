@@ -90,6 +90,28 @@ fn run_of_an_unknown_name_lists_the_servers() {
     );
 }
 
+#[test]
+fn up_that_cannot_start_a_server_stops_those_it_started_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Jaquez's port is taken, so `up` fails after Clark is up.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "[places]\nurl = \"http://127.0.0.1:9/x\"\n\n[log]\ndir = \"{}\"\n\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n\n\
+         [[nodes]]\nname = \"Jaquez\"\naddr = \"{}\"\n",
+        dir.path().join("logs").display(),
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(dir.path().join("herd.toml"), config).unwrap();
+    let out = herd(&["up", "-c", "herd.toml"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("Jaquez"), "{stderr}");
+    // Clark was stopped in order: its log is written out to the end.
+    let log = std::fs::read_to_string(dir.path().join("logs/Clark.log")).unwrap();
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+}
+
 /// A `herd run` child process, killed if the test fails before it stops.
 struct Running(Child);
 
