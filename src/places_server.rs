@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// The largest request head accepted, in bytes.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -53,6 +53,9 @@ pub enum Reply {
     Html(u16, String),
     /// Wait, then reply.
     After(Duration, Box<Reply>),
+    /// Wait until the test lets go (sends `true` on the channel), then reply: a call held
+    /// open for as long as the test needs, not for a time it guesses.
+    Held(watch::Receiver<bool>, Box<Reply>),
 }
 
 type Responder = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -202,6 +205,11 @@ async fn serve(
             match reply {
                 Reply::After(delay, next) => {
                     tokio::time::sleep(delay).await;
+                    reply = *next;
+                }
+                Reply::Held(mut released, next) => {
+                    // A dropped sender lets go too, rather than hold the call forever.
+                    let _ = released.wait_for(|released| *released).await;
                     reply = *next;
                 }
                 Reply::Json(status, body) => {
