@@ -95,7 +95,9 @@ pub struct SessionSettings {
 pub struct ClientSession {
     /// This connection's number in the server's log.
     conn: u64,
+    /// What every session of the server shares: its name, limits, log and neighbors.
     settings: SessionSettings,
+    /// The actors this session asks: the store and the places proxy.
     services: Services,
     /// The socket's sending side; shared with the future that waits for it to drain.
     writer: Rc<OwnedWriteHalf>,
@@ -491,7 +493,9 @@ fn invalid(line: &[u8]) -> Answer {
 /// session without a message or a task switch per read, and the session pauses it simply by
 /// owing too many answers.
 struct ReadLoop {
+    /// The socket's reading side.
     half: OwnedReadHalf,
+    /// Keeps a line cut by the end of a read until the next read completes it.
     splitter: LineSplitter,
 }
 

@@ -6,7 +6,8 @@
 //! taken the record: that is how a client's AT answer comes after the record went out on
 //! every link that is up. The records of all the `Store`s handled in one round of the
 //! event loop are published together, and their answers go out together once the links
-//! took them: one message per link per round, not per `Store`.
+//! took them: one message per link per round for each run of records from one source
+//! (clients, or one neighbor), not one per `Store`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -54,8 +55,9 @@ impl Actor for LocationStore {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Unbounded: every session sends here, and with actix's default of 16 a sender is
         // parked and its next request re-sent through a fresh sender, which costs each
-        // IAMAT under load. What is in flight is bounded by the sessions instead
-        // (`MAX_PENDING_ANSWERS` each).
+        // IAMAT under load. What clients have in flight is bounded by the sessions instead
+        // (`MAX_PENDING_ANSWERS` each); a neighbor's records, which wait for no answer, by
+        // the few reads a session makes per turn of the one thread this store shares.
         ctx.set_mailbox_capacity(0);
     }
 }
@@ -80,7 +82,8 @@ pub struct Store {
 pub struct Lookup(pub Box<str>);
 
 /// Published to every subscriber when records are stored. Handling it means the records
-/// have been handed to the neighbor (or queued for it).
+/// have been handed to the neighbor's socket or queued for it (or, with the link down,
+/// left to the snapshot of its next connection).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct Stored {

@@ -3,6 +3,8 @@
 //! - [`client_session::ClientSession`]: one per client TCP connection; reads lines, answers
 //!   them in order.
 //! - [`location_store::LocationStore`]: the only owner of the client records.
+//! - [`peer_link::PeerLink`]: one per neighbor; this server's outgoing link to it, redialled
+//!   with backoff.
 //! - [`places_proxy::PlacesProxy`]: the HTTP calls to the places API.
 //!
 //! Actors reach each other only through messages, and hold the others as `Recipient`s, so a

@@ -75,7 +75,9 @@ pub struct PeerLink {
     addr: SocketAddr,
     /// The store, asked for every record on each connection.
     snapshot: Recipient<Snapshot>,
+    /// The server's log: the link's lines and its opened/dropped notes.
     log: ServerLog,
+    /// How long to wait before the next dial of a neighbor that is down.
     backoff: Backoff,
     /// The connection, while the link is up.
     connection: Option<Connection>,
@@ -91,6 +93,7 @@ pub struct PeerLink {
 struct Connection {
     /// The connection's number in the log.
     conn: u64,
+    /// The socket's sending side; shared with the future that waits for it to drain.
     writer: Rc<OwnedWriteHalf>,
     /// Bytes due to the neighbor that the socket has not taken yet.
     out: BytesMut,
@@ -293,8 +296,9 @@ impl Actor for PeerLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Unbounded, like the store's: the store sends here once per `Store` it answers,
-        // and what is queued for the neighbor is bounded by `MAX_LINK_QUEUE_BYTES`.
+        // Unbounded, like the store's: the store sends here once per round of the event
+        // loop (per run of records from one source), and what is queued for the neighbor
+        // is bounded by `MAX_LINK_QUEUE_BYTES`.
         ctx.set_mailbox_capacity(0);
         self.dial(ctx);
     }

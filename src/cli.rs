@@ -1,4 +1,4 @@
-//! The `herd` command line: `run`, `up` and `check`.
+//! The `herd` command line: `run`, `up`, `check` and `bench`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -12,11 +12,12 @@
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
-//! - [`places_server`]: a local HTTP server that plays the places API (tests, benchmarks).
+//! - [`places_server`]: a local HTTP server that plays the places API, for tests (`herd
+//!   bench whatsat` has a leaner one of its own, [`bench::http`]).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
 //! - [`actors`]: the actors and their typed messages, one module per actor
-//!   (`ClientSession`, `LocationStore`, `PlacesProxy`).
+//!   (`ClientSession`, `LocationStore`, `PeerLink`, `PlacesProxy`).
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.

@@ -1,4 +1,4 @@
-//! A small local HTTP server that plays the places API, for tests and benchmarks.
+//! A small local HTTP server that plays the places API, for tests.
 //!
 //! The herd must never reach the internet in tests, yet WHATSAT must be exercised against a
 //! real HTTP server speaking the API's format. This one runs on its own thread (its own

@@ -249,7 +249,7 @@ async fn flood_clark(herd: &Herd) -> String {
 }
 
 #[actix_rt::test]
-async fn a_neighbor_that_stops_reading_never_slows_clients_and_its_queue_is_dropped() {
+async fn a_neighbor_that_stops_reading_never_blocks_clients_and_its_queue_is_dropped() {
     let (mut herd, proxy) = clark_with_bona_behind_a_proxy().await;
     proxy.stall();
     let last = flood_clark(&herd).await;

@@ -20,8 +20,9 @@
 //! With `--listen ADDR` the tool watches as a neighbor instead of a client: the watched
 //! server's config names a neighbor at ADDR, the tool accepts that link and timestamps each
 //! record as it arrives. No polling: that is exact (to the one link write from the watched
-//! server, which happens as it stores the record), and it adds no load to the herd, where
-//! polling adds a WHATSAT per record per round and a round's delay to `T_known`.
+//! server, which happens as it stores the record), and it costs the watched server only one
+//! more link (a write per batch of records, a log line per record), where polling adds a
+//! WHATSAT per record per round and a round's delay to `T_known`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,9 +2,11 @@
 //!
 //! Each subcommand is a client (or, for `echo-server`, a reference server) that talks to a
 //! server over TCP exactly as phones do, so it measures any implementation of the line
-//! protocol of `../shared/SPEC.md`, not just this one. Everything runs on one tokio
+//! protocol of `../shared/SPEC.md`, not just this one. The load runs on one tokio
 //! current-thread runtime: the load generator is meant to be pinned to one core
-//! (`taskset -c 1`, see `bench/compare.sh`) and needs no actix system.
+//! (`taskset -c 1`, see `bench/compare.sh`) and needs no actix system. The places server
+//! `whatsat` starts has a thread and runtime of its own (on the same core under
+//! `compare.sh`).
 //!
 //! - [`iamat`]: closed-loop IAMAT load; throughput and latency percentiles.
 //! - [`flood`]: how fast IAMATs sent to one server become known at another.
@@ -13,6 +15,8 @@
 //! - [`idle`]: the server's memory per idle client connection.
 //! - [`records`]: the server's memory per stored client record.
 //! - [`echo`]: a minimal line server, the physical-limit reference.
+//! - [`neighbor`]: `flood --listen`, watching as a neighbor of the watched server: its
+//!   records arrive on the link it opens, with no WHATSAT polling.
 //!
 //! Helpers: [`conn`] (a pipelined client connection), [`burst`] (many IAMATs for distinct
 //! clients), [`http`] (the local places server and a direct client for it), [`stats`]

@@ -1,7 +1,7 @@
 //! Watching a server as one of its neighbors: the tool listens where the server's config
 //! says a neighbor is, accepts the herd link the server dials, and notes when each record
-//! of a run arrives on it. Exact and free for the herd, where polling with WHATSAT is
-//! neither (see [`super::flood`]).
+//! of a run arrives on it. Exact, and cheap for the herd (one more link), where polling
+//! with WHATSAT is neither (see [`super::flood`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
