@@ -518,6 +518,18 @@ mod tests {
     }
 
     #[test]
+    fn an_error_mapped_from_the_new_api_reads_exactly_like_the_servers_own_errors() {
+        // Two writers of the legacy error shape (the server's own errors by
+        // `places_json::error_answer`, mapped ones by `error_object`): a client must not
+        // tell them apart.
+        let message = "quota \"gone\" \u{e9}";
+        assert_eq!(
+            google_text(&error_object("OVER_QUERY_LIMIT", message)),
+            error_answer("OVER_QUERY_LIMIT", message)
+        );
+    }
+
+    #[test]
     fn the_google_layout_is_exact() {
         let value = json!({"a": [], "b": {"c": 1}, "d": [1, "x"], "e": {}});
         assert_eq!(
