@@ -18,6 +18,11 @@ async fn node(places: &str) -> TestNode {
     TestNode::start_config(config, dir, Some(ApiKey::new("test-key"))).await
 }
 
+/// A server whose places API (legacy) is `places`, with these more `[places]` settings.
+async fn node_on(places: &PlacesServer, settings: &str) -> TestNode {
+    node(&format!("url = '{}'\n{settings}", places.url("/nearby"))).await
+}
+
 fn json_of(answer: &str) -> serde_json::Value {
     let json = answer.split_once('\n').map_or("", |(_, rest)| rest);
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"))
@@ -65,11 +70,7 @@ async fn whatsat_on_the_new_api_answers_in_the_legacy_shape() {
 #[actix_rt::test]
 async fn a_hundred_whatsats_for_one_spot_make_one_call_while_the_answer_lives() {
     let places = PlacesServer::always(LEGACY_OK).unwrap();
-    let server = node(&format!(
-        "url = '{}'\ncache_ttl_s = 600",
-        places.url("/nearby")
-    ))
-    .await;
+    let server = node_on(&places, "cache_ttl_s = 600").await;
     let mut client = server.connect().await;
     report(&mut client, "phone").await;
     for i in 0..100 {
@@ -92,11 +93,7 @@ async fn a_hundred_whatsats_for_one_spot_make_one_call_while_the_answer_lives() 
 #[actix_rt::test]
 async fn an_answer_past_its_time_to_live_is_asked_for_again() {
     let places = PlacesServer::always(LEGACY_OK).unwrap();
-    let server = node(&format!(
-        "url = '{}'\ncache_ttl_s = 1",
-        places.url("/nearby")
-    ))
-    .await;
+    let server = node_on(&places, "cache_ttl_s = 1").await;
     let mut client = server.connect().await;
     report(&mut client, "phone").await;
     client.send("WHATSAT phone 10 5\n").await;
@@ -119,11 +116,7 @@ async fn whatsats_at_once_from_many_clients_make_one_call() {
     let (release, released) = tokio::sync::watch::channel(false);
     let held = Reply::Held(released, Box::new(Reply::Json(200, LEGACY_OK.into())));
     let places = PlacesServer::start(move |_| held.clone()).unwrap();
-    let server = node(&format!(
-        "url = '{}'\ncache_ttl_s = 0",
-        places.url("/nearby")
-    ))
-    .await;
+    let server = node_on(&places, "cache_ttl_s = 0").await;
     let mut reporter = server.connect().await;
     report(&mut reporter, "phone").await;
     let mut clients = Vec::new();
@@ -159,11 +152,7 @@ async fn an_error_answer_is_not_kept() {
         }
     })
     .unwrap();
-    let server = node(&format!(
-        "url = '{}'\ncache_ttl_s = 60",
-        places.url("/nearby")
-    ))
-    .await;
+    let server = node_on(&places, "cache_ttl_s = 60").await;
     let mut client = server.connect().await;
     report(&mut client, "phone").await;
     let mut statuses = Vec::new();
