@@ -3,13 +3,15 @@
 //! cannot deadlock against a server that stops reading while its answers are not read.
 
 use std::io::{self, Write as _};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use memchr::{memchr, memmem};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Stamp;
+use super::stats::Recorder;
 
 /// The position every benchmark IAMAT reports, unless it needs distinct ones.
 pub const POSITION: &str = "+34.068930-118.445127";
@@ -218,6 +220,68 @@ impl Conn {
     /// Appends `WHATSAT <client> <radius> <bound>` to the requests.
     pub fn push_whatsat(&mut self, client: std::fmt::Arguments<'_>, radius: u32, bound: u32) {
         let _ = writeln!(self.out, "WHATSAT {client} {radius} {bound}");
+    }
+}
+
+/// What one connection's [`closed_loop`] measured.
+#[derive(Debug)]
+pub struct LoopOutcome {
+    /// The latency of each answer that counted, and the errors.
+    pub recorder: Recorder,
+    /// Why the connection failed, if it did (its loop ended there).
+    pub failure: Option<String>,
+    /// The first answer that was not an `AT ` line, if any.
+    pub first_odd: Option<String>,
+}
+
+impl LoopOutcome {
+    /// The first thing that went wrong on the connection: its failure, else an odd answer.
+    pub fn first_error(&self) -> Option<String> {
+        (self.failure.clone())
+            .or_else(|| self.first_odd.as_ref().map(|odd| format!("answer {odd:?}")))
+    }
+}
+
+/// Closed-loop load on one connection until `deadline`: `fill` queues a batch of `pipeline`
+/// requests, which go out in one write; each answer is timed from that write, and counted
+/// if `counts` says so, else as an error. `done` counts the answers (for a progress bar). A
+/// failed connection ends its loop, the answers its batch still owed counted as errors.
+pub async fn closed_loop(
+    mut conn: Conn,
+    pipeline: usize,
+    framing: Framing,
+    deadline: Instant,
+    done: &AtomicU64,
+    mut fill: impl FnMut(&mut Conn),
+    mut counts: impl FnMut(Answer) -> bool,
+) -> LoopOutcome {
+    let mut recorder = Recorder::default();
+    let mut failure = None;
+    while Instant::now() < deadline {
+        fill(&mut conn);
+        let sent = Instant::now();
+        let mut answered = 0;
+        let result = conn
+            .exchange(pipeline, framing, |answer| {
+                answered += 1;
+                if counts(answer) {
+                    recorder.record(sent.elapsed());
+                } else {
+                    recorder.error();
+                }
+            })
+            .await;
+        done.fetch_add(answered as u64, Ordering::Relaxed);
+        if let Err(e) = result {
+            recorder.errors((pipeline - answered) as u64);
+            failure = Some(e.to_string());
+            break;
+        }
+    }
+    LoopOutcome {
+        recorder,
+        failure,
+        first_odd: conn.first_odd().map(str::to_owned),
     }
 }
 

@@ -4,14 +4,14 @@
 //! to the arrival of its answer; an answer that is not an `AT ` line is an error.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::conn::{Conn, Framing, Kind, POSITION};
+use super::conn::{Conn, Framing, Kind, POSITION, closed_loop};
 use super::stats::{Load, Recorder, round3};
 use super::{Output, Stamp, progress, report};
 
@@ -100,13 +100,26 @@ pub async fn measure(args: &IamatArgs) -> anyhow::Result<IamatReport> {
     );
     let start = Instant::now();
     let deadline = start + args.duration;
+    let pipeline = args.pipeline as usize;
     let loops = conns.into_iter().enumerate().map(|(id, conn)| {
+        // A distinct client for every request.
+        let prefix = format!("b{tag}-{id}");
+        let mut seq = 0u64;
+        let fill = move |conn: &mut Conn| {
+            let stamp = Stamp::now();
+            for _ in 0..pipeline {
+                conn.push_iamat(format_args!("{prefix}-{seq}"), POSITION, stamp);
+                seq += 1;
+            }
+        };
         closed_loop(
             conn,
-            format!("b{tag}-{id}"),
-            args.pipeline as usize,
+            pipeline,
+            Framing::Line,
             deadline,
             &done,
+            fill,
+            |answer| answer.kind == Kind::At,
         )
     });
     let outcomes = join_all(loops).await;
@@ -117,11 +130,8 @@ pub async fn measure(args: &IamatArgs) -> anyhow::Result<IamatReport> {
     let mut first_error = None;
     for outcome in outcomes {
         total.merge(&outcome.recorder)?;
-        if let Some(failure) = outcome.failure {
-            failed_conns += 1;
-            first_error = first_error.or(Some(failure));
-        }
-        first_error = first_error.or(outcome.first_odd.map(|odd| format!("answer {odd:?}")));
+        failed_conns += u64::from(outcome.failure.is_some());
+        first_error = first_error.or_else(|| outcome.first_error());
     }
     Ok(IamatReport {
         bench: "iamat",
@@ -133,54 +143,4 @@ pub async fn measure(args: &IamatArgs) -> anyhow::Result<IamatReport> {
         failed_conns,
         first_error,
     })
-}
-
-/// What one connection's loop measured.
-struct Outcome {
-    recorder: Recorder,
-    failure: Option<String>,
-    first_odd: Option<String>,
-}
-
-/// One connection's closed loop until `deadline`; a failed connection ends its loop.
-async fn closed_loop(
-    mut conn: Conn,
-    client_prefix: String,
-    pipeline: usize,
-    deadline: Instant,
-    done: &AtomicU64,
-) -> Outcome {
-    let mut recorder = Recorder::default();
-    let mut failure = None;
-    let mut seq = 0u64;
-    while Instant::now() < deadline {
-        let stamp = Stamp::now();
-        for _ in 0..pipeline {
-            conn.push_iamat(format_args!("{client_prefix}-{seq}"), POSITION, stamp);
-            seq += 1;
-        }
-        let sent = Instant::now();
-        let mut answered = 0;
-        let result = conn
-            .exchange(pipeline, Framing::Line, |answer| {
-                answered += 1;
-                if answer.kind == Kind::At {
-                    recorder.record(sent.elapsed());
-                } else {
-                    recorder.error();
-                }
-            })
-            .await;
-        done.fetch_add(answered as u64, Ordering::Relaxed);
-        if let Err(e) = result {
-            recorder.errors((pipeline - answered) as u64);
-            failure = Some(e.to_string());
-            break;
-        }
-    }
-    Outcome {
-        recorder,
-        failure,
-        first_odd: conn.first_odd().map(str::to_owned),
-    }
 }

@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::conn::{Conn, Framing, Kind};
+use super::conn::{Answer, Conn, Framing, Kind, closed_loop};
 use super::http::{HttpClient, PLACES_PATH, PlacesResponder};
 use super::stats::{Load, Recorder, round3};
 use super::{Output, Stamp, progress, report};
@@ -142,14 +142,37 @@ pub async fn run(args: WhatsatArgs) -> anyhow::Result<()> {
     let calls_before = places.requests();
     let start = Instant::now();
     let deadline = start + args.duration;
+    let pipeline = args.pipeline as usize;
+    let done = &done;
     let loops = conns.into_iter().enumerate().map(|(k, conn)| {
-        whatsat_loop(
-            conn,
-            format!("w{tag}-{k}"),
-            args.pipeline as usize,
-            deadline,
-            &done,
-        )
+        let client = format!("w{tag}-{k}");
+        async move {
+            let fill = |conn: &mut Conn| {
+                for j in 0..pipeline {
+                    // Pipelined, each a different search: identical ones in flight would share
+                    // one places call.
+                    let radius = if pipeline == 1 { 10 } else { 1 + j as u32 % 50 };
+                    conn.push_whatsat(format_args!("{client}"), radius, 5);
+                }
+            };
+            // An answer whose JSON is a places error is an error, and counted apart.
+            let mut places_errors = 0;
+            let counts = |answer: Answer| {
+                let places_error = answer.kind == Kind::At && answer.places_error;
+                places_errors += u64::from(places_error);
+                answer.kind == Kind::At && !places_error
+            };
+            let outcome = closed_loop(
+                conn,
+                pipeline,
+                Framing::Whatsat,
+                deadline,
+                done,
+                fill,
+                counts,
+            );
+            (outcome.await, places_errors)
+        }
     });
     let outcomes = join_all(loops).await;
     let elapsed = start.elapsed();
@@ -159,11 +182,10 @@ pub async fn run(args: WhatsatArgs) -> anyhow::Result<()> {
     let mut total = Recorder::default();
     let mut places_errors = 0;
     let mut first_error = None;
-    for outcome in outcomes {
+    for (outcome, errors) in outcomes {
         total.merge(&outcome.recorder)?;
-        places_errors += outcome.places_errors;
-        first_error = first_error.or(outcome.failure);
-        first_error = first_error.or(outcome.first_odd.map(|odd| format!("answer {odd:?}")));
+        places_errors += errors;
+        first_error = first_error.or_else(|| outcome.first_error());
     }
     let herd = total.load(elapsed);
     let asked = herd.count + herd.errors;
@@ -294,60 +316,6 @@ async fn direct_load(
         total.merge(recorder)?;
     }
     Ok(total.load(elapsed))
-}
-
-/// What one connection's WHATSAT loop measured.
-struct Outcome {
-    recorder: Recorder,
-    places_errors: u64,
-    failure: Option<String>,
-    first_odd: Option<String>,
-}
-
-/// One connection's closed WHATSAT loop until `deadline`.
-async fn whatsat_loop(
-    mut conn: Conn,
-    client: String,
-    pipeline: usize,
-    deadline: Instant,
-    done: &AtomicU64,
-) -> Outcome {
-    let mut recorder = Recorder::default();
-    let mut places_errors = 0;
-    let mut failure = None;
-    while Instant::now() < deadline {
-        for j in 0..pipeline {
-            let radius = if pipeline == 1 { 10 } else { 1 + j as u32 % 50 };
-            conn.push_whatsat(format_args!("{client}"), radius, 5);
-        }
-        let sent = Instant::now();
-        let mut answered = 0;
-        let result = conn
-            .exchange(pipeline, Framing::Whatsat, |answer| {
-                answered += 1;
-                match (answer.kind, answer.places_error) {
-                    (Kind::At, false) => recorder.record(sent.elapsed()),
-                    (Kind::At, true) => {
-                        places_errors += 1;
-                        recorder.error();
-                    }
-                    _ => recorder.error(),
-                }
-            })
-            .await;
-        done.fetch_add(answered as u64, Ordering::Relaxed);
-        if let Err(e) = result {
-            recorder.errors((pipeline - answered) as u64);
-            failure = Some(e.to_string());
-            break;
-        }
-    }
-    Outcome {
-        recorder,
-        places_errors,
-        failure,
-        first_odd: conn.first_odd().map(str::to_owned),
-    }
 }
 
 #[cfg(test)]
