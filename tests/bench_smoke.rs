@@ -3,52 +3,24 @@
 //! counted, no errors, percentiles in order). No timing is asserted: these only fail when
 //! the tool is broken.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::process::{HERD, Running, spawn_listening};
 use serde_json::Value;
-
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
-
-/// A child process, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn pid(&self) -> String {
-        self.0.id().to_string()
-    }
-}
 
 /// Starts `herd ARGS` and returns it with the address of its first `... listening on ADDR`
 /// line.
 fn start(args: &[&str], dir: &Path) -> (Running, String) {
-    let mut child = Running(
+    spawn_listening(
         Command::new(HERD)
             .args(args)
             .current_dir(dir)
             .env_remove("GOOGLE_PLACES_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-    (child, addr)
+            .stderr(Stdio::null()),
+    )
 }
 
 /// Starts a one-server herd (Clark on a free port) whose places URL is `places_url`.
@@ -63,22 +35,12 @@ fn start_clark(dir: &Path, places_url: &str, key: Option<&str>) -> (Running, Str
     command
         .args(["run", "Clark", "-c", "herd.toml"])
         .current_dir(dir)
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     match key {
         Some(key) => command.env("GOOGLE_PLACES_API_KEY", key),
         None => command.env_remove("GOOGLE_PLACES_API_KEY"),
     };
-    let mut child = Running(command.spawn().unwrap());
-    let stdout = child.0.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-    (child, addr)
+    spawn_listening(&mut command)
 }
 
 /// Runs `herd bench ARGS --json`, which must succeed, and parses its one JSON line.

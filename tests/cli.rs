@@ -2,15 +2,17 @@
 //! a clean stop on SIGTERM with answers in flight delivered, and the places key kept out of
 //! every log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{HERD, Running, spawn_listening};
 use herd::places_server::{PlacesServer, Reply};
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
 const KEY: &str = "secret-test-key-4f9a";
 
 fn herd(args: &[&str], dir: &Path) -> Output {
@@ -112,38 +114,18 @@ fn up_that_cannot_start_a_server_stops_those_it_started_and_says_why() {
     assert!(log.trim_end().ends_with("stopped"), "{log}");
 }
 
-/// A `herd run` child process, killed if the test fails before it stops.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(config: &str, dir: &Path, key: Option<&str>) -> (Running, String) {
     let mut command = Command::new(HERD);
     command
         .args(["run", "Clark", "-c", config])
         .current_dir(dir)
         .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     match key {
         Some(key) => command.env("GOOGLE_PLACES_API_KEY", key),
         None => command.env_remove("GOOGLE_PLACES_API_KEY"),
     };
-    let mut child = Running(command.spawn().unwrap());
-    let stdout = child.0.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-    (child, addr)
+    spawn_listening(&mut command)
 }
 
 fn terminate(child: &mut Running) -> (bool, String) {

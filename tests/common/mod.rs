@@ -5,6 +5,7 @@
 //! log file after [`TestNode::stop`]. Every read has a deadline ([`IO_TIMEOUT`]), so a server
 //! that hangs fails the test instead of blocking it forever. The places API is played by
 //! `herd::places_server::PlacesServer`, whose URL is handed to [`TestNode::start`].
+//! [`process`] runs the `herd` binary itself instead, for the tests of its command line.
 
 // Each test crate that includes this module uses only part of it.
 #![allow(dead_code)]
@@ -20,6 +21,8 @@ use herd::node::Node;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+pub mod process;
 
 /// The name of the one server of the test herd.
 pub const SERVER: &str = "Clark";

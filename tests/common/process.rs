@@ -1,0 +1,40 @@
+//! The `herd` binary as a child process, for the tests of the command line and of `herd
+//! bench`: started, its address read from what it prints, and killed if a test ends first.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The binary under test.
+pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+/// A child process, killed when dropped (a failed test leaves no server behind).
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Its process id, as text for `kill` and `--pid`.
+    pub fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+/// Starts `command` with its standard output piped, and returns it with the address of its
+/// first line, `NAME listening on ADDR ...` (a server's, or `bench echo-server`'s).
+pub fn spawn_listening(command: &mut Command) -> (Running, String) {
+    let mut child = Running(command.stdout(Stdio::piped()).spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, addr)
+}
