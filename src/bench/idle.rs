@@ -79,8 +79,7 @@ pub struct IdleReport {
 
 /// Runs `herd bench idle`.
 pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
-    let rss = |pid: Option<u32>| pid.map(mem::vm_rss_kib).transpose();
-    let rss_before_kib = rss(args.pid)?;
+    let rss_before_kib = mem::vm_rss_kib_of(args.pid)?;
     let opened = Arc::new(AtomicU64::new(0));
     let ticker = progress::counting(
         progress::visible(args.output.json),
@@ -122,7 +121,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         live += u32::from(answers_iamat(conn, &tag, last).await);
     }
     tokio::time::sleep(args.settle).await;
-    let rss_open_kib = rss(args.pid)?;
+    let rss_open_kib = mem::vm_rss_kib_of(args.pid)?;
 
     // The rest of the sample: each connection, not just the queue, is served.
     let step = conns.len().div_ceil(SAMPLE).max(1);
@@ -138,7 +137,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     if args.pid.is_some() {
         tokio::time::sleep(args.settle).await;
     }
-    let rss_closed_kib = rss(args.pid)?;
+    let rss_closed_kib = mem::vm_rss_kib_of(args.pid)?;
     let report = IdleReport {
         bench: "idle",
         addr: args.addr.clone(),

@@ -11,6 +11,12 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
     status_kib(&text, "VmRSS").with_context(|| format!("no VmRSS line in {path}"))
 }
 
+/// The resident set size of process `pid` if one is given (`--pid` is optional: without
+/// it a tool runs and reports no memory), in KiB.
+pub fn vm_rss_kib_of(pid: Option<u32>) -> anyhow::Result<Option<u64>> {
+    pid.map(vm_rss_kib).transpose()
+}
+
 /// The value of a `KEY:  1234 kB` line of a `/proc/PID/status` text, in KiB.
 pub fn status_kib(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {

@@ -77,8 +77,7 @@ pub struct RecordsReport {
 
 /// Runs `herd bench records`.
 pub async fn run(args: RecordsArgs) -> anyhow::Result<()> {
-    let rss = |pid: Option<u32>| pid.map(mem::vm_rss_kib).transpose();
-    let rss_before_kib = rss(args.pid)?;
+    let rss_before_kib = mem::vm_rss_kib_of(args.pid)?;
     let prefix = format!("r{}", super::run_tag());
     let acked = Arc::new(AtomicU64::new(0));
     let ticker = progress::counting(
@@ -102,7 +101,7 @@ pub async fn run(args: RecordsArgs) -> anyhow::Result<()> {
     if args.pid.is_some() {
         tokio::time::sleep(args.settle).await;
     }
-    let rss_after_kib = rss(args.pid)?;
+    let rss_after_kib = mem::vm_rss_kib_of(args.pid)?;
     let report = RecordsReport {
         bench: "records",
         addr: args.addr.clone(),
