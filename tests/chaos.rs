@@ -13,7 +13,7 @@
 //! links to the restarted server to reconnect (their backoff is capped at one second) and
 //! send it their snapshots.
 
-mod herd_support;
+mod common;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use herd_support::{Herd, LineClient, assert_at_answer, eventually, seed};
+use common::eventually;
+use common::herds::{Herd, LineClient, assert_at_answer, seed};
 use tokio::time::Instant;
 
 /// How long servers come and go under load.

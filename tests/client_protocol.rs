@@ -830,7 +830,15 @@ async fn a_graceful_stop_delivers_the_answers_in_flight() {
         .await;
     c.send("WHATSAT inflight 10 5\n").await;
     // The WHATSAT is in flight once the places API has it.
-    eventually(IO_TIMEOUT, || places.requests().len() == 1).await;
+    eventually(
+        IO_TIMEOUT,
+        "the places API has the call",
+        async || match places.requests().len() {
+            1 => Ok(()),
+            n => Err(format!("{n} calls")),
+        },
+    )
+    .await;
     let (_, answer) = tokio::join!(node.stop(), c.read_whatsat());
     let (at_line, _) = whatsat_parts(&answer);
     assert_eq!(format!("{at_line}\n"), at);

@@ -2,13 +2,14 @@
 //! talked to over TCP as clients would, with servers stopped and restarted, and a neighbor
 //! that stops reading played by a proxy.
 
-mod herd_support;
+mod common;
 
 use std::time::Duration;
 
-use herd_support::{
+use common::eventually;
+use common::herds::{
     EVENTUALLY, FIVE, Herd, HerdBuilder, KIWI_POSITION, LineClient, StallProxy, assert_at_answer,
-    eventually, free_port, newer, seed, tcp_state,
+    free_port, newer, seed, tcp_state,
 };
 
 /// Another position, far from [`KIWI_POSITION`].

@@ -128,9 +128,12 @@ async fn whatsats_at_once_from_many_clients_make_one_call() {
     // Each was read (the log says so) and has gone on to the places proxy, which the
     // session asks at once, in the same thread, long before the log is written out.
     let log = &server.log_path;
-    common::eventually(IO_TIMEOUT, || {
+    common::eventually(IO_TIMEOUT, "all ten WHATSATs read", async || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        text.matches("< WHATSAT phone 10 4").count() == 10
+        match text.matches("< WHATSAT phone 10 4").count() {
+            10 => Ok(()),
+            n => Err(format!("{n} in the log")),
+        }
     })
     .await;
     release.send_replace(true);

@@ -1,11 +1,14 @@
-//! A small harness for end-to-end tests of one herd server.
+//! The harness of the end-to-end tests: real servers over real TCP, every wait bounded.
 //!
-//! A test (inside `#[actix_rt::test]`) starts a real one-node herd in-process on port 0
-//! ([`TestNode::start`]), talks to it over raw TCP with a [`Client`], and reads the server's
-//! log file after [`TestNode::stop`]. Every read has a deadline ([`IO_TIMEOUT`]), so a server
-//! that hangs fails the test instead of blocking it forever. The places API is played by
-//! `herd::places_server::PlacesServer`, whose URL is handed to [`TestNode::start`].
-//! [`process`] runs the `herd` binary itself instead, for the tests of its command line.
+//! - One server: a test (inside `#[actix_rt::test]`) starts a real one-node herd in-process
+//!   on port 0 ([`TestNode::start`]), talks to it over raw TCP with a [`Client`], and reads
+//!   the server's log file after [`TestNode::stop`]. The places API is played by
+//!   `herd::places_server::PlacesServer`, whose URL is handed to [`TestNode::start`].
+//! - Whole herds of any shape, servers stopped and restarted: [`herds`].
+//! - The `herd` binary itself, for the tests of its command line: [`process`].
+//!
+//! Every read has a deadline ([`IO_TIMEOUT`], [`within`]), so a server that hangs fails the
+//! test instead of blocking it forever; [`eventually`] polls a check instead of sleeping.
 
 // Each test crate that includes this module uses only part of it.
 #![allow(dead_code)]
@@ -22,6 +25,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod herds;
 pub mod process;
 
 /// The name of the one server of the test herd.
@@ -32,6 +36,9 @@ pub const API_KEY: &str = "test-key";
 
 /// The longest any read or wait of a test may take before the test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`eventually`] checks.
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// The places timeout of a server started with [`TestNode::start`].
 pub const PLACES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -239,14 +246,23 @@ pub async fn within<F: std::future::Future>(future: F, what: &str) -> F::Output 
         .unwrap_or_else(|_| panic!("{what}: nothing within {IO_TIMEOUT:?}"))
 }
 
-/// Polls `check` until it holds; panics if it still does not after `timeout`.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) {
+/// Polls `check` every [`POLL`] until it returns `Ok`; panics with `what` and the check's
+/// last complaint if it has not after `timeout`.
+pub async fn eventually(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a condition did not hold within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    loop {
+        let complaint = match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(complaint)) => complaint,
+            Err(_) => "the last check itself did not finish in time".to_owned(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("not within {timeout:?}: {what}; last: {complaint}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

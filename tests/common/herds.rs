@@ -14,8 +14,8 @@
 //!   answer, one WHATSAT and its answer up to the empty line, raw lines. Every read and
 //!   write has a deadline ([`IO_TIMEOUT`]), so a server that hangs fails the test instead of
 //!   blocking it.
-//! - [`eventually`] polls a check every 10 ms until it passes, and fails with the check's
-//!   last complaint when the time is up. Tests never assert how long anything took.
+//! - [`eventually`] (from the parent module) polls a check until it passes. Tests never
+//!   assert how long anything took.
 //! - [`StallProxy`] stands between a server and a neighbor and can stop reading (a
 //!   neighbor that hangs); [`tcp_state`] reads a socket's state from `/proc/net/tcp`, to
 //!   see whether a server closed a connection the other side does not read.
@@ -26,9 +26,6 @@
 //!
 //! Everything runs inside `#[actix_rt::test]`: the servers' actors and the test's clients
 //! share the test's actix system.
-
-// Each test crate that includes this module uses only part of it.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -46,21 +43,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The longest any single read, write or connect of a test may take.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{API_KEY, IO_TIMEOUT, eventually, within};
 
 /// How long [`Herd::eventually_all_know`] and friends wait for the herd to agree.
 pub const EVENTUALLY: Duration = Duration::from_secs(10);
 
-/// How often [`eventually`] checks.
-pub const POLL: Duration = Duration::from_millis(10);
-
 /// The places answer of the local places server: the JSON part of WHATSAT does not matter
 /// to these tests.
 pub const ZERO_RESULTS: &str = "{\"results\": [], \"status\": \"ZERO_RESULTS\"}";
-
-/// The places API key every server gets.
-pub const API_KEY: &str = "k";
 
 /// The places timeout of every test herd, in milliseconds.
 pub const PLACES_TIMEOUT_MS: u64 = 5000;
@@ -573,34 +563,6 @@ pub async fn timed<T>(future: impl Future<Output = io::Result<T>>) -> io::Result
             io::ErrorKind::TimedOut,
             format!("nothing within {IO_TIMEOUT:?}"),
         )),
-    }
-}
-
-/// Runs `future` with the deadline [`IO_TIMEOUT`]; panics naming `what` if it passes.
-pub async fn within<F: Future>(future: F, what: &str) -> F::Output {
-    tokio::time::timeout(IO_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {IO_TIMEOUT:?}"))
-}
-
-/// Polls `check` every [`POLL`] until it returns `Ok`; panics with `what` and the check's
-/// last complaint if it has not after `timeout`.
-pub async fn eventually(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Result<(), String>,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let complaint = match tokio::time::timeout_at(deadline, check()).await {
-            Ok(Ok(())) => return,
-            Ok(Err(complaint)) => complaint,
-            Err(_) => "the last check itself did not finish in time".to_owned(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("not within {timeout:?}: {what}; last: {complaint}");
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
