@@ -1018,6 +1018,68 @@ mod tests {
             )
         }
 
+        /// A field: one of `values` mostly, arbitrary bytes sometimes.
+        fn field(values: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                12 => proptest::sample::select(values).prop_map(|v| v.as_bytes().to_vec()),
+                1 => proptest::collection::vec(any::<u8>(), 1..4),
+            ]
+        }
+
+        /// The fields of a line shaped like one of the commands, its word first.
+        fn commandlike() -> impl Strategy<Value = Vec<Vec<u8>>> {
+            const CLIENTS: &[&str] = &["kiwi", "Clark", "é", "a.b", "+1"];
+            const LOCATIONS: &[&str] = &[
+                "+34.068930-118.445127",
+                "+90-180",
+                "-90.000+180.0",
+                "+90.0000001+0",
+                "+34.-118",
+                "+1+1+1",
+                "34-118",
+                "+34.068930",
+                "-0+0",
+            ];
+            const TIMES: &[&str] = &[
+                "1621464827.959498503",
+                "0",
+                "1.",
+                "-1",
+                "99999999999999999999999",
+                "1.0000000000000000001",
+                "18446744073709551615",
+            ];
+            const DIFFS: &[&str] = &["+0.263873386", "-0.5", "+0", "0.1", "+1.0000000001"];
+            const NUMBERS: &[&str] = &["50", "20", "0", "21", "0.0125", "1e3", "-5", "05"];
+            let word = |w: &'static str| Just(w.as_bytes().to_vec());
+            prop_oneof![
+                2 => (
+                    word("IAMAT"),
+                    field(CLIENTS),
+                    field(LOCATIONS),
+                    field(TIMES)
+                )
+                    .prop_map(|(a, b, c, d)| vec![a, b, c, d]),
+                1 => (
+                    word("WHATSAT"),
+                    field(CLIENTS),
+                    field(NUMBERS),
+                    field(NUMBERS)
+                )
+                    .prop_map(|(a, b, c, d)| vec![a, b, c, d]),
+                3 => (
+                    word("AT"),
+                    field(CLIENTS),
+                    field(DIFFS),
+                    field(CLIENTS),
+                    field(LOCATIONS),
+                    field(TIMES)
+                )
+                    .prop_map(|(a, b, c, d, e, f)| vec![a, b, c, d, e, f]),
+                1 => (word("PEER"), field(CLIENTS)).prop_map(|(a, b)| vec![a, b]),
+            ]
+        }
+
         proptest! {
             #[test]
             fn fields_are_what_splitting_on_each_separator_gives(
@@ -1096,6 +1158,60 @@ mod tests {
                 let magnitude = s.parse::<i128>().unwrap_or(-1) * NANOS_PER_SEC + n.parse::<i128>().unwrap_or(-1);
                 let signed = if diff.starts_with('-') { -magnitude } else { magnitude };
                 prop_assert_eq!(signed, i128::from(received) - iamat.time.nanos.0);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Lines shaped like the protocol's commands, each field drawn from good values,
+            /// values just out of range or badly formed, and arbitrary bytes, with a field
+            /// sometimes missing or one too many: most get deep into the parser.
+            #[test]
+            fn any_line_parses_without_panicking_and_records_read_back_the_same(
+                (fields, separators, cut, extra) in (
+                    commandlike(),
+                    proptest::collection::vec(
+                        proptest::sample::select(vec![" ", " ", " ", "\t", "  ", "\r", "\x0b"]),
+                        6,
+                    ),
+                    0usize..16,
+                    proptest::option::weighted(0.1, field(&["kiwi", "0"])),
+                ),
+            ) {
+                let mut fields = fields;
+                // Mostly whole; sometimes cut short, or one field longer.
+                if cut < fields.len() && cut > 0 {
+                    fields.truncate(cut);
+                }
+                fields.extend(extra);
+                let mut line = Vec::new();
+                for (k, field) in fields.iter().enumerate() {
+                    if k > 0 {
+                        line.extend_from_slice(separators[(k - 1) % separators.len()].as_bytes());
+                    }
+                    line.extend_from_slice(field);
+                }
+                match Command::parse(&line) {
+                    Command::Iamat(iamat) => {
+                        let record = Record::from_iamat("Clark", &iamat, Nanos(0));
+                        let Command::At(parsed) = Command::parse(record.line().as_bytes()) else {
+                            return Err(TestCaseError::fail("its record's AT line did not parse"));
+                        };
+                        prop_assert_eq!(parsed, record);
+                    }
+                    Command::At(record) => {
+                        let Command::At(again) = Command::parse(record.line().as_bytes()) else {
+                            return Err(TestCaseError::fail("a record's own line did not parse"));
+                        };
+                        prop_assert_eq!(again, record);
+                    }
+                    Command::Whatsat(_) | Command::Hello(_) => {}
+                    Command::Invalid => {
+                        let answer = invalid_answer(&line);
+                        prop_assert!(answer.starts_with("? ") && answer.ends_with('\n'));
+                    }
+                }
             }
         }
     }
