@@ -250,9 +250,12 @@ const ENV_SECTIONS: [&str; 3] = ["PLACES", "LOG", "LIMITS"];
 fn overrides(env: HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
     let mut settings = HashMap::new();
     for (name, value) in env {
+        // Matched without regard to case, as the `config` crate matches the prefix.
+        let prefix = ENV_PREFIX.len() + 1;
         let Some(rest) = name
-            .strip_prefix(ENV_PREFIX)
-            .and_then(|r| r.strip_prefix('_'))
+            .get(..prefix)
+            .filter(|head| head.eq_ignore_ascii_case(&format!("{ENV_PREFIX}_")))
+            .and_then(|_| name.get(prefix..))
         else {
             continue;
         };
@@ -616,6 +619,12 @@ listen = "0.0.0.0:10001"
     fn other_herd_variables_are_left_alone_and_misspelled_settings_named() {
         let c = load(GOOD, &[("HERD_TEST_SEED", "7"), ("HERD_HOME", "/x")]).unwrap();
         assert_eq!(c.places.timeout, Duration::from_millis(250));
+        let c = load(GOOD, &[("herd_places__timeout_ms", "7")]).unwrap();
+        assert_eq!(
+            c.places.timeout,
+            Duration::from_millis(7),
+            "any case, as before"
+        );
         for misspelled in [
             "HERD_PLACES_URL",
             "HERD_log_dir",

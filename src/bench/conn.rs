@@ -237,8 +237,8 @@ pub struct LoopOutcome {
 impl LoopOutcome {
     /// The first thing that went wrong on the connection: its failure, else an odd answer.
     pub fn first_error(&self) -> Option<String> {
-        (self.failure.clone())
-            .or_else(|| self.first_odd.as_ref().map(|odd| format!("answer {odd:?}")))
+        let odd = || self.first_odd.as_ref().map(|odd| format!("answer {odd:?}"));
+        self.failure.clone().or_else(odd)
     }
 }
 

@@ -6,8 +6,8 @@
 //! get its AT line (the server accepts in order, so all are accepted by then). It waits
 //! `--settle` seconds, reads the memory again and divides the growth by the connections;
 //! then a sample of the other connections each send an IAMAT too. Finally it closes them
-//! all and reads the memory once more. Each connection is a file descriptor here too: raise the
-//! limit first (`ulimit -n 65536`) for thousands of them.
+//! all and reads the memory once more. Each connection is a file descriptor here too:
+//! raise the limit first (`ulimit -n 65536`) for thousands of them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
