@@ -9,9 +9,11 @@
 //! been handed to the links that were up when it was acknowledged; the herd keeps no disk.
 //! So at most [`MAX_DOWN`] servers are down at once (every server has at least two
 //! neighbors, so an acknowledged record always has a live holder besides a stopped origin),
-//! and no server is stopped until [`SETTLE`] after the last restart, time enough for the
-//! links to the restarted server to reconnect (their backoff is capped at one second) and
-//! send it their snapshots.
+//! and after a restart no server is stopped until the herd is seen to have settled: the
+//! links between the restarted server and its neighbors that are up are up both ways (their
+//! logs say so), and every server that is up holds every record acknowledged so far (or a
+//! newer one). That is observed, not waited for by the clock, so a slow machine only makes
+//! the test slower.
 
 mod common;
 
@@ -22,7 +24,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::eventually;
-use common::herds::{Herd, LineClient, assert_at_answer, seed};
+use common::herds::{FIVE_LINKS, Herd, LineClient, assert_at_answer, newer, seed};
 use tokio::time::Instant;
 
 /// How long servers come and go under load.
@@ -33,8 +35,9 @@ const TASKS: usize = 3;
 const IDS_PER_TASK: usize = 50;
 /// The most servers down at once.
 const MAX_DOWN: usize = 2;
-/// How long after a restart before the next stop.
-const SETTLE: Duration = Duration::from_millis(2500);
+/// The longest the herd may take to settle after a restart (links up both ways, every
+/// acknowledged record everywhere).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 /// Client ids of each task that get most of its IAMATs; the others are updated seldom, so
 /// that a restarted server can only learn them from its neighbors' snapshots.
 const HOT_IDS: usize = 5;
@@ -47,12 +50,13 @@ struct Shared {
     up: RefCell<BTreeSet<String>>,
     /// Set once every server is up again and the load is to stop.
     stop: Cell<bool>,
+    /// Per client id, the AT line of its latest acknowledged IAMAT (each id belongs to one
+    /// task, which alone updates it).
+    latest: RefCell<BTreeMap<String, String>>,
 }
 
-/// What a load task learned.
+/// What a load task counted.
 struct Outcome {
-    /// Per client id, the AT line of its latest acknowledged IAMAT.
-    latest: BTreeMap<String, String>,
     acknowledged: usize,
     failed: usize,
 }
@@ -101,7 +105,6 @@ struct Load {
     ids: Vec<String>,
     /// Per id, the last client time used (times strictly increase per id).
     times: Vec<u64>,
-    latest: BTreeMap<String, String>,
     /// Per id, whether an IAMAT went unanswered after the last answered one.
     dirty: Vec<bool>,
     conns: HashMap<String, LineClient>,
@@ -132,7 +135,10 @@ impl Load {
         .await
         {
             Ok(line) => {
-                self.latest.insert(self.ids[i].clone(), line);
+                self.shared
+                    .latest
+                    .borrow_mut()
+                    .insert(self.ids[i].clone(), line);
                 self.dirty[i] = false;
                 self.acknowledged += 1;
                 true
@@ -172,7 +178,6 @@ impl Load {
             }
         }
         Outcome {
-            latest: self.latest,
             acknowledged: self.acknowledged,
             failed: self.failed,
         }
@@ -192,7 +197,6 @@ fn load(
         shared,
         ids: (0..IDS_PER_TASK).map(|i| format!("c{task}-{i}")).collect(),
         times: vec![0; IDS_PER_TASK],
-        latest: BTreeMap::new(),
         dirty: vec![false; IDS_PER_TASK],
         conns: HashMap::new(),
         acknowledged: 0,
@@ -201,14 +205,16 @@ fn load(
     .run()
 }
 
-/// Every server's answer, per client id, to WHATSAT (its AT line, or `None` for `?`).
+/// The answer of each of `servers`, per client id, to WHATSAT (its AT line, or `None` for
+/// `?`).
 async fn holdings(
     herd: &Herd,
+    servers: &[String],
     ids: &[String],
 ) -> Result<BTreeMap<String, Vec<Option<String>>>, String> {
     let mut all = BTreeMap::new();
-    for server in herd.names() {
-        let mut c = LineClient::connect(herd.addr(&server))
+    for server in servers {
+        let mut c = LineClient::connect(herd.addr(server))
             .await
             .map_err(|e| format!("connect to {server}: {e}"))?;
         let lines: Vec<String> = ids.iter().map(|id| format!("WHATSAT {id} 10 5")).collect();
@@ -222,9 +228,72 @@ async fn holdings(
                 .map_err(|e| format!("{server}: {e}"))?;
             held.push(answer);
         }
-        all.insert(server, held);
+        all.insert(server.clone(), held);
     }
     Ok(all)
+}
+
+/// The neighbors of `name` in the five-server herd.
+fn neighbors(name: &str) -> Vec<&'static str> {
+    FIVE_LINKS
+        .iter()
+        .filter_map(|&(a, b)| (a == name).then_some(b).or((b == name).then_some(a)))
+        .collect()
+}
+
+/// Whether `log` says, after its first `from` bytes, that this server's link to `neighbor`
+/// came up.
+fn link_came_up(log: &str, from: usize, neighbor: &str) -> bool {
+    let link = format!(" - link to {neighbor} at ");
+    let since = String::from_utf8_lossy(log.as_bytes().get(from..).unwrap_or_default());
+    since.lines().any(|line| {
+        line.contains(&link) && (line.ends_with(" opened") || line.ends_with(" re-established"))
+    })
+}
+
+/// Waits until the herd has settled after `restarted` came back, its log and those of the
+/// servers up then having been `from` bytes long: the links between it and each neighbor
+/// that is up are up both ways, and then every server that is up holds every record
+/// acknowledged so far, or a newer one (so it is held by more than the next stop could
+/// take away).
+async fn settle(herd: &Herd, shared: &Shared, restarted: &str, from: &BTreeMap<String, usize>) {
+    let up = herd.up();
+    let linked: Vec<&str> = neighbors(restarted)
+        .into_iter()
+        .filter(|n| up.iter().any(|u| u == n))
+        .collect();
+    let what = format!("{restarted} and its neighbors link both ways");
+    eventually(SETTLE_LIMIT, &what, async || {
+        let own = herd.log(restarted);
+        for neighbor in &linked {
+            if !link_came_up(&own, from[restarted], neighbor) {
+                return Err(format!("{restarted}'s link to {neighbor} is not up"));
+            }
+            if !link_came_up(&herd.log(neighbor), from[*neighbor], restarted) {
+                return Err(format!("{neighbor}'s link to {restarted} is not up"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let latest = shared.latest.borrow().clone();
+    let ids: Vec<String> = latest.keys().cloned().collect();
+    let what = format!("every server up holds every record acknowledged (after {restarted})");
+    eventually(SETTLE_LIMIT, &what, async || {
+        for (server, answers) in holdings(herd, &up, &ids).await? {
+            for (id, answer) in ids.iter().zip(answers) {
+                let held = answer.ok_or_else(|| format!("{server} holds nothing for {id}"))?;
+                if newer(&held, &latest[id]) != held {
+                    return Err(format!(
+                        "{server} holds {held:?} for {id}, older than {:?}",
+                        latest[id]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -236,6 +305,7 @@ async fn every_server_ends_with_every_acknowledged_record_after_servers_come_and
     let shared = Rc::new(Shared {
         up: RefCell::new(herd.names().into_iter().collect()),
         stop: Cell::new(false),
+        latest: RefCell::new(BTreeMap::new()),
     });
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| actix_rt::spawn(load(task, rng.u64(..), herd.addrs(), Rc::clone(&shared))))
@@ -243,19 +313,26 @@ async fn every_server_ends_with_every_acknowledged_record_after_servers_come_and
 
     let start = Instant::now();
     let mut down: Vec<(Instant, String)> = Vec::new();
-    let mut last_restart = start;
     let mut stops = 0;
     while start.elapsed() < LOAD {
         let now = Instant::now();
         let (due, waiting): (Vec<_>, Vec<_>) = down.into_iter().partition(|(at, _)| *at <= now);
         down = waiting;
         for (_, name) in due {
+            let from: BTreeMap<String, usize> = (herd.names().into_iter())
+                .map(|server| {
+                    let length = std::fs::metadata(herd.log_path(&server)).map_or(0, |m| m.len());
+                    (server, length as usize)
+                })
+                .collect();
             herd.restart(&name).await;
             shared.up.borrow_mut().insert(name.clone());
-            last_restart = Instant::now();
             println!("{:>6.2?} {name} restarted", start.elapsed());
+            // No stop until the herd has settled around it.
+            settle(&herd, &shared, &name, &from).await;
+            println!("{:>6.2?} settled", start.elapsed());
         }
-        if down.len() < MAX_DOWN && last_restart.elapsed() >= SETTLE && rng.bool() {
+        if down.len() < MAX_DOWN && rng.bool() {
             let up = herd.up();
             let victim = up[rng.usize(..up.len())].clone();
             // Clients stop choosing it first; those already talking to it may fail.
@@ -271,19 +348,17 @@ async fn every_server_ends_with_every_acknowledged_record_after_servers_come_and
     // The load stops first, and then the servers still down come back: they can only learn
     // what they missed from their neighbors' snapshots.
     shared.stop.set(true);
-    let mut latest = BTreeMap::new();
     let (mut acknowledged, mut failed) = (0, 0);
     for task in tasks {
         let outcome = tokio::time::timeout(Duration::from_secs(30), task)
             .await
             .expect("a load task did not finish")
             .expect("a load task failed");
-        latest.extend(outcome.latest);
         acknowledged += outcome.acknowledged;
         failed += outcome.failed;
     }
+    let latest = shared.latest.borrow().clone();
     if down.is_empty() {
-        tokio::time::sleep(SETTLE.saturating_sub(last_restart.elapsed())).await;
         let up = herd.up();
         let victim = up[rng.usize(..up.len())].clone();
         herd.stop(&victim).await;
@@ -310,7 +385,7 @@ async fn every_server_ends_with_every_acknowledged_record_after_servers_come_and
     let ids: Vec<String> = latest.keys().cloned().collect();
     let what = "every server holds every client's latest acknowledged record";
     eventually(CONVERGE, what, async || {
-        let held = holdings(&herd, &ids).await?;
+        let held = holdings(&herd, &herd.names(), &ids).await?;
         for (server, answers) in &held {
             for (id, answer) in ids.iter().zip(answers) {
                 if answer.as_deref() != Some(latest[id].as_str()) {
