@@ -18,9 +18,13 @@ async fn node(places: &str) -> TestNode {
     TestNode::start_config(config, dir, Some(ApiKey::new("test-key"))).await
 }
 
-/// A server whose places API (legacy) is `places`, with these more `[places]` settings.
-async fn node_on(places: &PlacesServer, settings: &str) -> TestNode {
-    node(&format!("url = '{}'\n{settings}", places.url("/nearby"))).await
+/// A server whose places API (legacy) is `places`, with these more `[places]` settings,
+/// and a client connected to it that has reported client `phone`'s position.
+async fn phone_on(places: &PlacesServer, settings: &str) -> (TestNode, Client) {
+    let server = node(&format!("url = '{}'\n{settings}", places.url("/nearby"))).await;
+    let mut client = server.connect().await;
+    report(&mut client, "phone").await;
+    (server, client)
 }
 
 fn json_of(answer: &str) -> serde_json::Value {
@@ -70,9 +74,7 @@ async fn whatsat_on_the_new_api_answers_in_the_legacy_shape() {
 #[actix_rt::test]
 async fn a_hundred_whatsats_for_one_spot_make_one_call_while_the_answer_lives() {
     let places = PlacesServer::always(LEGACY_OK).unwrap();
-    let server = node_on(&places, "cache_ttl_s = 600").await;
-    let mut client = server.connect().await;
-    report(&mut client, "phone").await;
+    let (_server, mut client) = phone_on(&places, "cache_ttl_s = 600").await;
     for i in 0..100 {
         let bound = 1 + i % 20;
         client.send(format!("WHATSAT phone 10 {bound}\n")).await;
@@ -93,9 +95,7 @@ async fn a_hundred_whatsats_for_one_spot_make_one_call_while_the_answer_lives() 
 #[actix_rt::test]
 async fn an_answer_past_its_time_to_live_is_asked_for_again() {
     let places = PlacesServer::always(LEGACY_OK).unwrap();
-    let server = node_on(&places, "cache_ttl_s = 1").await;
-    let mut client = server.connect().await;
-    report(&mut client, "phone").await;
+    let (_server, mut client) = phone_on(&places, "cache_ttl_s = 1").await;
     client.send("WHATSAT phone 10 5\n").await;
     client.read_whatsat().await;
     assert_eq!(places.requests().len(), 1);
@@ -116,9 +116,7 @@ async fn whatsats_at_once_from_many_clients_make_one_call() {
     let (release, released) = tokio::sync::watch::channel(false);
     let held = Reply::Held(released, Box::new(Reply::Json(200, LEGACY_OK.into())));
     let places = PlacesServer::start(move |_| held.clone()).unwrap();
-    let server = node_on(&places, "cache_ttl_s = 0").await;
-    let mut reporter = server.connect().await;
-    report(&mut reporter, "phone").await;
+    let (server, _reporter) = phone_on(&places, "cache_ttl_s = 0").await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         let mut client = server.connect().await;
@@ -155,9 +153,7 @@ async fn an_error_answer_is_not_kept() {
         }
     })
     .unwrap();
-    let server = node_on(&places, "cache_ttl_s = 60").await;
-    let mut client = server.connect().await;
-    report(&mut client, "phone").await;
+    let (_server, mut client) = phone_on(&places, "cache_ttl_s = 60").await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
         client.send("WHATSAT phone 10 5\n").await;
