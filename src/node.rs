@@ -269,11 +269,19 @@ async fn accept(
 ) {
     let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
     let mut prune_at = 64;
+    // Accepts that failed in a row: the first and the recovery are said, not each retry.
+    let mut failed = 0u64;
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if failed > 0 {
+                        let note = format!("accepting again, after {failed} failed accepts");
+                        info!(target: LOG_TARGET, "{}: {note}", settings.server);
+                        settings.log.note(None, note);
+                        failed = 0;
+                    }
                     // Answers are written whole; Nagle would only delay them.
                     let _ = stream.set_nodelay(true);
                     let conn = settings.log.next_conn();
@@ -286,7 +294,17 @@ async fn accept(
                     }
                 }
                 Err(e) => {
-                    warn!(target: LOG_TARGET, "{}: accept failed: {e}", settings.server);
+                    // Out of file descriptors, say: the connections wait in the listen
+                    // backlog, and are accepted in order once some close.
+                    if failed == 0 {
+                        let note = format!(
+                            "accept failed: {e}; new connections wait, retried every {} ms",
+                            ACCEPT_ERROR_PAUSE.as_millis()
+                        );
+                        warn!(target: LOG_TARGET, "{}: {note}", settings.server);
+                        settings.log.note(None, note);
+                    }
+                    failed += 1;
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }

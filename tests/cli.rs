@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -251,4 +251,57 @@ fn without_a_key_the_server_runs_says_so_once_and_whatsat_is_request_denied() {
         1,
         "{stderr}"
     );
+}
+
+/// Waits until the file at `path` holds `text`, and returns it.
+fn wait_for_log(path: &Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "{text:?} not in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
+    // 64 descriptors: the server starts with ~10 open, so 100 clients run it out.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+        .args([HERD, "run", "Clark", "-c", &config])
+        .current_dir(dir.path())
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn_listening(&mut command);
+    let clients: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut client = connect(&addr);
+            client
+                .write_all(format!("IAMAT c{i} +1+1 1\n").as_bytes())
+                .unwrap();
+            client
+        })
+        .collect();
+    let log_path = dir.path().join("logs/Clark.log");
+    wait_for_log(&log_path, "accept failed: Too many open files");
+
+    // The server accepts in order: each client is answered once those before it closed.
+    for (i, client) in clients.into_iter().enumerate() {
+        let mut answer = String::new();
+        BufReader::new(&client).read_line(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("AT Clark +") && answer.contains(&format!(" c{i} +1+1 1")),
+            "client {i}: {answer:?}"
+        );
+    }
+    let log = wait_for_log(&log_path, "accepting again, after ");
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+    let (clean, stderr) = terminate(&mut child);
+    assert!(clean, "{stderr}");
 }
