@@ -73,7 +73,8 @@ fn load(path: &Path) -> anyhow::Result<HerdConfig> {
     HerdConfig::load(path).with_context(|| format!("config {} refused", path.display()))
 }
 
-/// Starts the named servers in one actix system and runs them until Ctrl-C or SIGTERM.
+/// Starts the named servers in one actix system and runs them until Ctrl-C, SIGTERM or
+/// SIGHUP; SIGUSR1 reopens their logs.
 fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     let key = ApiKey::from_env();
     if key.is_none() {
@@ -101,7 +102,7 @@ fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
             ));
             nodes.push(node);
         }
-        let signal = shutdown_signal().await;
+        let signal = serve_until_stopped(&nodes).await;
         say(format_args!(
             "stopping: delivering answers owed, then exiting"
         ));
@@ -124,13 +125,22 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
-        _ = term.recv() => {}
+/// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal: the servers still stop in
+/// order, logs flushed), reopening the servers' logs on each SIGUSR1 meanwhile, as nginx
+/// does (a rotation's `postrotate` sends it once the files are moved).
+async fn serve_until_stopped(nodes: &[Node]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind, name| signal(kind).with_context(|| format!("cannot listen for {name}"));
+    let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C")?;
+    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut hangup = listen(SignalKind::hangup(), "SIGHUP")?;
+    let mut reopen = listen(SignalKind::user_defined1(), "SIGUSR1")?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => return Ok(()),
+            _ = reopen.recv() => nodes.iter().for_each(Node::reopen_log),
+        }
     }
-    Ok(())
 }

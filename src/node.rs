@@ -233,6 +233,12 @@ impl Node {
         &self.store
     }
 
+    /// Opens the log file at its path again: after a rotation moved it away, the log goes
+    /// on in a new file there.
+    pub fn reopen_log(&self) {
+        self.log_writer.reopen();
+    }
+
     /// Stops accepting, lets every session deliver the answers it owes (within the places
     /// timeout and a second), closes the links, then flushes and closes the log.
     pub async fn stop(self) {

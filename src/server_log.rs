@@ -12,15 +12,25 @@
 //! the normal priority: at a lower one it fell behind under heavy load and dropped events.
 //! The buffer is bounded: if the disk cannot keep up, events are counted and dropped rather
 //! than held in memory, and the file says how many were lost.
+//!
+//! The file is reopened at its path on request ([`LogWriter::reopen`], on SIGUSR1), so that
+//! a rotation (logrotate moving the file away) needs no restart. A write that fails (a full
+//! disk) loses that text, never the server: standard error says so once, and the file,
+//! once written again, says how much is missing.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+/// The log target of what happens to the log file itself (a failed write, a reopen).
+pub const LOG_TARGET: &str = "herd::server_log";
 
 /// How many bytes of log may wait for the log thread before new events are dropped.
 const LOG_BUFFER_BYTES: usize = 8 << 20;
@@ -72,6 +82,8 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Set by [`LogWriter::close`]: write what is left and end.
     closed: AtomicBool,
+    /// Set by [`LogWriter::reopen`]: open the file at its path again before the next write.
+    reopen: AtomicBool,
     /// The log thread, to wake early.
     thread: OnceLock<Thread>,
     /// The log thread's turns, for a test that it sleeps while idle.
@@ -108,10 +120,7 @@ impl ServerLog {
     /// Opens (appending) `<dir>/<name>.log` and starts its thread.
     pub fn open(dir: &Path, name: &str) -> io::Result<(ServerLog, LogWriter)> {
         fs::create_dir_all(dir)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{name}.log")))?;
+        let file = LogFile::open(dir.join(format!("{name}.log")))?;
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -347,6 +356,15 @@ impl LogWriter {
     pub fn close(self) {
         drop(self);
     }
+
+    /// Has the thread open the file at its path again (after a rotation moved it away):
+    /// what it has not written yet goes to the new file.
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.as_ref() {
+            thread.thread().unpark();
+        }
+    }
 }
 
 impl Drop for LogWriter {
@@ -359,13 +377,91 @@ impl Drop for LogWriter {
     }
 }
 
+/// The log file as the log thread holds it.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes that failed to be written since the last write that succeeded, and the first
+    /// error.
+    lost: Option<(usize, io::Error)>,
+}
+
+impl LogFile {
+    /// Opens `path` to append to it, creating it if need be.
+    fn open(path: PathBuf) -> io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(LogFile {
+            path,
+            file,
+            lost: None,
+        })
+    }
+
+    /// Opens the file at its path again; if that fails, goes on with the open one.
+    fn reopen(&mut self) {
+        match LogFile::open(self.path.clone()) {
+            Ok(reopened) => {
+                self.file = reopened.file;
+                // What was lost is said first, so that the stamps stay in order.
+                self.write(&[]);
+                self.write(note("log reopened").as_bytes());
+            }
+            Err(e) => warn!(
+                target: LOG_TARGET,
+                "cannot reopen the log {}: {e}; still writing to the file open before",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Writes `text`, after a note of what was lost if earlier writes failed. A failed
+    /// write (disk full) loses that text, not the server.
+    fn write(&mut self, text: &[u8]) {
+        let result = match &self.lost {
+            Some((bytes, why)) => {
+                let missing = note(&format!(
+                    "log writes failed ({why}): {bytes} bytes lost before this"
+                ));
+                (self.file.write_all(missing.as_bytes())).and_then(|()| self.file.write_all(text))
+            }
+            None => self.file.write_all(text),
+        };
+        match (result, &mut self.lost) {
+            (Ok(()), lost) => {
+                if lost.take().is_some() {
+                    info!(target: LOG_TARGET, "log {} written again", self.path.display());
+                }
+            }
+            (Err(_), Some((bytes, _))) => *bytes += text.len(),
+            (Err(e), lost) => {
+                warn!(
+                    target: LOG_TARGET,
+                    "cannot write the log {}: {e}; the server goes on, and the log will say \
+                     how much is missing once it can be written again",
+                    self.path.display()
+                );
+                *lost = Some((text.len(), e));
+            }
+        }
+    }
+}
+
+/// A line of the log thread's own, `<stamp> - <text>`, as notes are logged.
+fn note(text: &str) -> String {
+    let stamp = humantime::format_rfc3339_micros(SystemTime::now());
+    format!("{stamp} - {text}\n")
+}
+
 /// The log thread: every interval, takes the pending text and writes it to the file; with
 /// nothing to take, sleeps until woken.
-fn write_out(shared: &Shared, mut file: File) {
+fn write_out(shared: &Shared, mut file: LogFile) {
     let mut spare = Vec::new();
     loop {
         #[cfg(test)]
         shared.turns.fetch_add(1, Ordering::Relaxed);
+        if shared.reopen.swap(false, Ordering::AcqRel) {
+            file.reopen();
+        }
         let closed = shared.closed.load(Ordering::Acquire);
         let (dropped, idle) = {
             let mut pending = shared.lock();
@@ -376,13 +472,11 @@ fn write_out(shared: &Shared, mut file: File) {
             (std::mem::take(&mut pending.dropped), pending.idle)
         };
         if dropped > 0 {
-            let stamp = humantime::format_rfc3339_micros(SystemTime::now());
-            let note = format!("{stamp} log buffer full: {dropped} events not logged\n");
-            spare.extend_from_slice(note.as_bytes());
+            let full = note(&format!("log buffer full: {dropped} events not logged"));
+            spare.extend_from_slice(full.as_bytes());
         }
         if !spare.is_empty() {
-            // A failed write (disk full) loses that part of the log, not the server.
-            let _ = file.write_all(&spare);
+            file.write(&spare);
         }
         spare.clear();
         if spare.capacity() > KEPT_BUFFER_BYTES {
@@ -570,13 +664,13 @@ mod tests {
             log.line_in(1, SystemTime::now(), b"lost");
         }
         shared.closed.store(true, Ordering::Release);
-        write_out(&shared, File::create(&path).unwrap());
+        write_out(&shared, LogFile::open(path.clone()).unwrap());
         let text = fs::read(&path).unwrap();
         let text = String::from_utf8_lossy(&text);
         assert!(text.contains(" conn 1 < kept\n"));
         assert!(!text.contains("lost"));
         assert!(
-            text.ends_with(" log buffer full: 5 events not logged\n"),
+            text.ends_with(" - log buffer full: 5 events not logged\n"),
             "{}",
             &text[text.len() - 100..]
         );

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::process::{HERD, Running, spawn_listening};
@@ -128,31 +129,31 @@ fn start(config: &str, dir: &Path, key: Option<&str>) -> (Running, String) {
     spawn_listening(&mut command)
 }
 
-fn terminate(child: &mut Running) -> (bool, String) {
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+/// Sends `child` the signal `name` (`TERM`, `USR1`).
+fn signal(child: &Running, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.pid()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// Stops `child` with the signal `name` (`TERM`, `HUP`): whether it exited cleanly, and its
+/// standard error if the test did not take it.
+fn stop(child: &mut Running, name: &str) -> (bool, String) {
+    signal(child, name);
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "herd did not stop on SIGTERM");
+        assert!(Instant::now() < deadline, "herd did not stop on SIG{name}");
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    if let Some(mut pipe) = child.0.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
     (status.success(), stderr)
 }
 
@@ -194,7 +195,7 @@ fn sigterm_delivers_answers_in_flight_then_stops_cleanly_and_the_key_is_never_lo
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (clean, stderr) = terminate(&mut child);
+    let (clean, stderr) = stop(&mut child, "TERM");
     let mut answers = String::new();
     client.read_to_string(&mut answers).unwrap();
     assert!(clean, "exit status not success: {stderr}");
@@ -239,7 +240,7 @@ fn without_a_key_the_server_runs_says_so_once_and_whatsat_is_request_denied() {
     client.shutdown(Shutdown::Write).unwrap();
     let mut answers = String::new();
     client.read_to_string(&mut answers).unwrap();
-    let (clean, stderr) = terminate(&mut child);
+    let (clean, stderr) = stop(&mut child, "TERM");
     assert!(clean);
     assert!(
         answers.contains("\"status\" : \"REQUEST_DENIED\""),
@@ -302,6 +303,115 @@ fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others
     }
     let log = wait_for_log(&log_path, "accepting again, after ");
     assert_eq!(log.matches("accept failed").count(), 1, "{log}");
-    let (clean, stderr) = terminate(&mut child);
+    let (clean, stderr) = stop(&mut child, "TERM");
     assert!(clean, "{stderr}");
+}
+
+/// Starts Clark of `config` at the default log level, its standard error read as it comes.
+fn start_reading_stderr(config: &str, dir: &Path) -> (Running, String, mpsc::Receiver<String>) {
+    let mut command = Command::new(HERD);
+    command
+        .args(["run", "Clark", "-c", config])
+        .current_dir(dir)
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn_listening(&mut command);
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    (child, addr, received)
+}
+
+/// Waits for a line of `stderr` that holds `text`, and returns it.
+fn wait_for_stderr(stderr: &mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no {text:?} on standard error: {e}"),
+        }
+    }
+}
+
+/// Sends an IAMAT for `client` and reads its answer.
+fn iamat(stream: &mut TcpStream, client: &str) -> String {
+    stream
+        .write_all(format!("IAMAT {client} +1+1 1\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&*stream).read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("AT Clark +"), "{answer:?}");
+    answer
+}
+
+#[test]
+fn sigusr1_reopens_the_log_so_a_rotated_log_goes_on_in_a_new_file_and_sighup_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
+    let (mut child, addr, _stderr) = start_reading_stderr(&config, dir.path());
+    let log = dir.path().join("logs/Clark.log");
+    let rotated = dir.path().join("logs/Clark.log.1");
+    let mut client = connect(&addr);
+    iamat(&mut client, "before");
+    wait_for_log(&log, "IAMAT before");
+
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(&child, "USR1");
+    wait_for_log(&log, " - log reopened");
+    iamat(&mut client, "after");
+    let new = wait_for_log(&log, "IAMAT after");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!new.contains("IAMAT before"), "{new}");
+    assert!(!old.contains("IAMAT after"), "{old}");
+    // A closed terminal stops the server in order too.
+    let (clean, stderr) = stop(&mut child, "HUP");
+    assert!(clean, "{stderr}");
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(new.trim_end().ends_with(" - stopped"), "{new}");
+}
+
+#[test]
+fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
+    // A disk that is full: every write to the log fails (ENOSPC).
+    let log = dir.path().join("logs/Clark.log");
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    let (mut child, addr, stderr) = start_reading_stderr(&config, dir.path());
+    let mut client = connect(&addr);
+    let said = wait_for_stderr(&stderr, "cannot write the log");
+    assert!(said.contains("No space left on device"), "{said}");
+    iamat(&mut client, "served");
+
+    // Space again (here: a new file at the log's path), and the log reopened.
+    std::fs::remove_file(&log).unwrap();
+    signal(&child, "USR1");
+    iamat(&mut client, "kept");
+    let text = wait_for_log(&log, "IAMAT kept");
+    // At least the start's notes were lost (lines logged since may have waited for the
+    // new file).
+    let mut lines = text.lines();
+    let missing = lines.next().unwrap();
+    assert!(
+        missing.contains(" - log writes failed (No space left on device")
+            && missing.ends_with(" bytes lost before this"),
+        "{text}"
+    );
+    assert!(lines.next().unwrap().ends_with(" - log reopened"), "{text}");
+    wait_for_stderr(&stderr, "written again");
+    let (clean, _) = stop(&mut child, "TERM");
+    assert!(clean);
+    let after: Vec<String> = stderr.try_iter().collect();
+    assert!(
+        !after.iter().any(|line| line.contains("cannot write")),
+        "said more than once: {after:?}"
+    );
 }
