@@ -127,20 +127,41 @@ fn say(line: std::fmt::Arguments<'_>) {
 
 /// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal: the servers still stop in
 /// order, logs flushed), reopening the servers' logs on each SIGUSR1 meanwhile, as nginx
-/// does (a rotation's `postrotate` sends it once the files are moved).
+/// does (a rotation's `postrotate` sends it once the files are moved). A SIGHUP ignored
+/// from the start (`nohup herd up`) stays ignored.
 async fn serve_until_stopped(nodes: &[Node]) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let listen = |kind, name| signal(kind).with_context(|| format!("cannot listen for {name}"));
     let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C")?;
     let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-    let mut hangup = listen(SignalKind::hangup(), "SIGHUP")?;
+    let mut hangup = match hangup_ignored() {
+        true => None,
+        false => Some(listen(SignalKind::hangup(), "SIGHUP")?),
+    };
+    let hung_up = async {
+        match hangup.as_mut() {
+            Some(hangup) => hangup.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hung_up);
     let mut reopen = listen(SignalKind::user_defined1(), "SIGUSR1")?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => return Ok(()),
+            _ = &mut hung_up => return Ok(()),
             _ = reopen.recv() => nodes.iter().for_each(Node::reopen_log),
         }
     }
+}
+
+/// Whether this process was started with SIGHUP ignored (by `nohup`), from the kernel's
+/// account of it (`SigIgn` in `/proc/self/status`, a mask in which signal 1 is bit 0).
+fn hangup_ignored() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ignored = status.lines().find_map(|line| line.strip_prefix("SigIgn:"));
+    ignored
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
 }

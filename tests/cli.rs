@@ -415,3 +415,23 @@ fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_muc
         "said more than once: {after:?}"
     );
 }
+
+#[test]
+fn a_server_started_under_nohup_keeps_serving_through_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
+    // `trap "" HUP` is what `nohup` does: SIGHUP ignored, and so inherited through `exec`.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "trap '' HUP && exec \"$0\" \"$@\""])
+        .args([HERD, "run", "Clark", "-c", &config])
+        .current_dir(dir.path())
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn_listening(&mut command);
+    signal(&child, "HUP");
+    iamat(&mut connect(&addr), "after-hangup");
+    assert!(child.0.try_wait().unwrap().is_none(), "stopped on SIGHUP");
+    let (clean, stderr) = stop(&mut child, "TERM");
+    assert!(clean, "{stderr}");
+}
