@@ -16,7 +16,9 @@
 # this script starts is killed when it exits (also on Ctrl-C).
 #
 # Environment: QUICK=1 (short runs), CONNS (IAMAT connections, 50), PORT_BASE (first of the
-# ten ports used, 17100), SKIP_BUILD=1 (use the release binary as it is).
+# ten ports used, 17100), SKIP_BUILD=1 (use the release binary as it is), DETAIL=1 (under each
+# IAMAT round, where the servers' CPU went: user and system time of the threads that serve,
+# the log threads' time, and page faults, each per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,7 @@ cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 QUICK=${QUICK:-0}
+DETAIL=${DETAIL:-0}
 CONNS=${CONNS:-50}
 PORT_BASE=${PORT_BASE:-17100}
 if [[ $QUICK == 1 ]]; then
@@ -86,6 +89,31 @@ cpu_ticks() {
         sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
 }
 
+# cpu_detail PIDS...: the processes' ticks so far in the threads that serve (user, system)
+# and in their log threads (`log-<Name>`, user and system), and their minor page faults.
+cpu_detail() {
+    local pid task
+    for pid in "$@"; do
+        sed 's/^.*) //' /proc/"$pid"/stat 2>/dev/null | awk '{ print "faults", $8 }'
+        for task in /proc/"$pid"/task/*; do
+            printf '%s ' "$(cat "$task"/comm 2>/dev/null)"
+            sed 's/^.*) //' "$task"/stat 2>/dev/null | awk '{ print $12 + $13, $12, $13 }'
+        done
+    done | awk '$1 == "faults" { f += $2; next }
+        $1 ~ /^log-/ { l += $2; next }
+        { u += $3; s += $4 }
+        END { print u + 0, s + 0, l + 0, f + 0 }'
+}
+
+# detail BEFORE AFTER REQUESTS: the line DETAIL=1 prints under a round, from two `cpu_detail`s.
+detail() {
+    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); if (n <= 0) exit
+        us = 1e6 / hz / n
+        printf "         serving: user %.2f, system %.2f us/req; log threads %.2f us/req; %.0f page faults per 1000 req\n",
+            (y[1] - x[1]) * us, (y[2] - x[2]) * us, (y[3] - x[3]) * us, (y[4] - x[4]) * 1000 / n }'
+}
+
 # The /proc/stat line of the servers' CPU: CPU 0 when they are pinned there.
 STAT_CPU=cpu
 if [[ ${#SERVER_CPU[@]} -gt 0 ]]; then
@@ -109,6 +137,7 @@ ab() {
     shift 7
     local -a rps_a=() rps_b=() p99_a=() p99_b=() cpu_a=() cpu_b=()
     local round side addr name pids json rps p50 p99 errors before after cpu time_before time_after
+    local detail_before detail_after
     local tick
     tick=$(getconf CLK_TCK)
     echo
@@ -124,10 +153,14 @@ ab() {
             fi
             # shellcheck disable=SC2086 # PIDS is a list
             before=$(cpu_ticks $pids)
+            # shellcheck disable=SC2086
+            [[ $DETAIL == 1 ]] && detail_before=$(cpu_detail $pids)
             time_before=$(cpu_time)
             json=$(bench iamat --addr "$addr" --duration "$DURATION" "$@" --json)
             # shellcheck disable=SC2086
             after=$(cpu_ticks $pids)
+            # shellcheck disable=SC2086
+            [[ $DETAIL == 1 ]] && detail_after=$(cpu_detail $pids)
             time_after=$(cpu_time)
             if [[ -z $json ]]; then
                 continue
@@ -141,6 +174,9 @@ ab() {
             printf '  %-6s %-9s %10.0f %8s %8s %8s %7s %11s %7s\n' "$round" "$name" "$rps" \
                 "$p50" "$p99" "$(field max <<<"$json")" "$errors" "$cpu" \
                 "$(stolen "$time_before" "$time_after")"
+            if [[ $DETAIL == 1 ]]; then
+                detail "$detail_before" "$detail_after" "$(field count <<<"$json")"
+            fi
             if [[ $side == A ]]; then
                 rps_a+=("$rps") p99_a+=("$p99") cpu_a+=("$cpu")
             else
