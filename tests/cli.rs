@@ -254,6 +254,19 @@ fn without_a_key_the_server_runs_says_so_once_and_whatsat_is_request_denied() {
     );
 }
 
+/// Starts Clark of `config` from `sh -c "SETUP && exec herd ..."`: what the shell sets up (a
+/// `ulimit`, a `trap`) the server inherits.
+fn start_in_shell(setup: &str, config: &str, dir: &Path) -> (Running, String) {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &format!("{setup} && exec \"$0\" \"$@\"")])
+        .args([HERD, "run", "Clark", "-c", config])
+        .current_dir(dir)
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .stderr(Stdio::piped());
+    spawn_listening(&mut command)
+}
+
 /// Waits until the file at `path` holds `text`, and returns it.
 fn wait_for_log(path: &Path, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -272,14 +285,7 @@ fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others
     let dir = tempfile::tempdir().unwrap();
     let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
     // 64 descriptors: the server starts with ~10 open, so 100 clients run it out.
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
-        .args([HERD, "run", "Clark", "-c", &config])
-        .current_dir(dir.path())
-        .env_remove("GOOGLE_PLACES_API_KEY")
-        .stderr(Stdio::piped());
-    let (mut child, addr) = spawn_listening(&mut command);
+    let (mut child, addr) = start_in_shell("ulimit -n 64", &config, dir.path());
     let clients: Vec<TcpStream> = (0..100)
         .map(|i| {
             let mut client = connect(&addr);
@@ -420,15 +426,8 @@ fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_muc
 fn a_server_started_under_nohup_keeps_serving_through_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
-    // `trap "" HUP` is what `nohup` does: SIGHUP ignored, and so inherited through `exec`.
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", "trap '' HUP && exec \"$0\" \"$@\""])
-        .args([HERD, "run", "Clark", "-c", &config])
-        .current_dir(dir.path())
-        .env_remove("GOOGLE_PLACES_API_KEY")
-        .stderr(Stdio::piped());
-    let (mut child, addr) = spawn_listening(&mut command);
+    // `trap '' HUP` is what `nohup` does: SIGHUP ignored, and so inherited through `exec`.
+    let (mut child, addr) = start_in_shell("trap '' HUP", &config, dir.path());
     signal(&child, "HUP");
     iamat(&mut connect(&addr), "after-hangup");
     assert!(child.0.try_wait().unwrap().is_none(), "stopped on SIGHUP");
