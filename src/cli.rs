@@ -134,9 +134,10 @@ async fn serve_until_stopped(nodes: &[Node]) -> anyhow::Result<()> {
     let listen = |kind, name| signal(kind).with_context(|| format!("cannot listen for {name}"));
     let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C")?;
     let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-    let mut hangup = match hangup_ignored() {
-        true => None,
-        false => Some(listen(SignalKind::hangup(), "SIGHUP")?),
+    let mut hangup = if hangup_ignored() {
+        None
+    } else {
+        Some(listen(SignalKind::hangup(), "SIGHUP")?)
     };
     let hung_up = async {
         match hangup.as_mut() {

@@ -381,8 +381,8 @@ impl Drop for LogWriter {
 struct LogFile {
     path: PathBuf,
     file: File,
-    /// Bytes that failed to be written since the last write that succeeded, and the first
-    /// error.
+    /// Bytes that failed to be written since the last write that succeeded (some of a
+    /// failed write may have reached the file), and the first error.
     lost: Option<(usize, io::Error)>,
 }
 
@@ -420,9 +420,10 @@ impl LogFile {
         let result = match &self.lost {
             Some((bytes, why)) => {
                 let missing = note(&format!(
-                    "log writes failed ({why}): {bytes} bytes lost before this"
+                    "log writes failed ({why}): up to {bytes} bytes lost before this"
                 ));
-                (self.file.write_all(missing.as_bytes())).and_then(|()| self.file.write_all(text))
+                let said = self.file.write_all(missing.as_bytes());
+                said.and_then(|()| self.file.write_all(text))
             }
             None => self.file.write_all(text),
         };
