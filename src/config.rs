@@ -40,12 +40,13 @@ const ENV_PREFIX: &str = "HERD";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or is not TOML of the expected form.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the `config` crate reported.
-        source: Box<config::ConfigError>,
+        /// What the `config` crate reported: in the message, not a separate source, so that
+        /// it is said once.
+        error: Box<config::ConfigError>,
     },
     /// A required section is absent.
     #[error("missing section [{0}]")]
@@ -285,9 +286,9 @@ impl HerdConfig {
         path: &Path,
         env: Option<HashMap<String, String>>,
     ) -> Result<HerdConfig, ConfigError> {
-        let read_error = |source| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_owned(),
-            source: Box::new(source),
+            error: Box::new(error),
         };
         let env = env.unwrap_or_else(|| std::env::vars().collect());
         let raw: RawConfig = config::Config::builder()

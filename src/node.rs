@@ -43,24 +43,24 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The listening address could not be bound.
-    #[error("{name}: cannot listen on {addr}: {source}")]
+    #[error("{name}: cannot listen on {addr}: {error}")]
     Bind {
         /// The server.
         name: String,
         /// The address it tried.
         addr: SocketAddr,
-        /// Why not.
-        source: io::Error,
+        /// Why not: in the message, not a separate source, so that it is said once.
+        error: io::Error,
     },
     /// The log file could not be opened.
-    #[error("{name}: cannot open its log in {dir}: {source}")]
+    #[error("{name}: cannot open its log in {dir}: {error}")]
     Log {
         /// The server.
         name: String,
         /// The log directory.
         dir: PathBuf,
-        /// Why not.
-        source: io::Error,
+        /// Why not: in the message, not a separate source, so that it is said once.
+        error: io::Error,
     },
 }
 
@@ -100,10 +100,10 @@ impl Node {
         key: Option<ApiKey>,
     ) -> Result<Node, StartError> {
         let node = config.node(name)?;
-        let bind_error = |addr, source| StartError::Bind {
+        let bind_error = |addr, error| StartError::Bind {
             name: name.to_owned(),
             addr,
-            source,
+            error,
         };
         let client_addr = listener
             .local_addr()
@@ -122,10 +122,10 @@ impl Node {
         };
         let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (log, log_writer) =
-            ServerLog::open(&config.log.dir, name).map_err(|source| StartError::Log {
+            ServerLog::open(&config.log.dir, name).map_err(|error| StartError::Log {
                 name: name.to_owned(),
                 dir: config.log.dir.clone(),
-                source,
+                error,
             })?;
         // awc's TLS needs a process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -258,10 +258,10 @@ impl Node {
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             name: name.to_owned(),
             addr,
-            source,
+            error,
         })
 }
 

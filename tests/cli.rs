@@ -16,11 +16,14 @@ use herd::places_server::{PlacesServer, Reply};
 
 const KEY: &str = "secret-test-key-4f9a";
 
+/// Runs `herd ARGS` to its end, with backtraces asked for, as a developer's shell may: a
+/// refusal must still be one line.
 fn herd(args: &[&str], dir: &Path) -> Output {
     Command::new(HERD)
         .args(args)
         .current_dir(dir)
         .env_remove("GOOGLE_PLACES_API_KEY")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap()
 }
@@ -71,6 +74,11 @@ fn a_bad_config_is_refused_with_a_message_naming_the_problem() {
             assert!(!out.status.success());
             let stderr = String::from_utf8(out.stderr).unwrap();
             assert!(stderr.contains(message), "{command:?}: {stderr}");
+            assert!(
+                stderr.starts_with("error: config bad.toml refused: ")
+                    && stderr.lines().count() == 1,
+                "{command:?}: one line: {stderr}"
+            );
         }
     }
     let missing = herd(&["check", "-c", "nowhere.toml"], dir.path());
@@ -109,7 +117,14 @@ fn up_that_cannot_start_a_server_stops_those_it_started_and_says_why() {
     let out = herd(&["up", "-c", "herd.toml"], dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("Jaquez"), "{stderr}");
+    let refusal = stderr.lines().last().unwrap_or_default();
+    assert!(
+        refusal.starts_with("error: Jaquez: cannot listen on ")
+            && refusal.ends_with("(os error 98)")
+            && stderr.matches("(os error 98)").count() == 1
+            && !stderr.contains("acktrace"),
+        "one line, saying why once: {stderr}"
+    );
     // Clark was stopped in order: its log is written out to the end.
     let log = std::fs::read_to_string(dir.path().join("logs/Clark.log")).unwrap();
     assert!(log.trim_end().ends_with("stopped"), "{log}");
