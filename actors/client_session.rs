@@ -1,6 +1,6 @@
 //! The `ClientSession` actor: one per client TCP connection.
 //!
-//! The session reads its socket itself (a [`ReadLoop`] polled in its own context, so a read
+//! The session reads its socket itself (a `ReadLoop` polled in its own context, so a read
 //! costs no message) and cuts the bytes into lines ([`crate::line`]); it parses each line
 //! ([`crate::protocol`]), asks the store or the places proxy when the answer needs them, and
 //! writes answers in the order of the lines, even when a later one is ready first. Every

@@ -7,7 +7,7 @@
 //! Where things live:
 //!
 //! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
-//! - [`line`]: cutting a byte stream into lines, with a length limit.
+//! - [`line`](mod@line): cutting a byte stream into lines, with a length limit.
 //! - [`record_table`]: the latest record per client, in a table that grows without a stall.
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).

@@ -12,7 +12,7 @@
 //! A hash table that doubles moves every entry at once, and at millions of clients that is
 //! tens of milliseconds in which no client is answered (measured with one table of records:
 //! the slowest IAMAT of a 5 s load took 20, 37 and 70 ms as a store grew past 1, 2 and 4
-//! million slots). So the index is cut in [`SHARDS`] shards by client hash, and a shard
+//! million slots). So the index is cut in `SHARDS` shards by client hash, and a shard
 //! that doubles only allocates its bigger table; the entries of the old one move a few
 //! buckets at a time, with every record offered to that shard, as Redis's dict rehashes.
 //! Until the old table is empty a client is looked for in both, and each client is in
