@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::location_store::{Snapshot, Stored};
 use crate::backoff::Backoff;
-use crate::line::{Line, LineSplitter};
+use crate::line::LineSplitter;
 use crate::protocol::Record;
 use crate::server_log::ServerLog;
 
@@ -404,24 +404,19 @@ async fn watch_neighbor(
 ) {
     let mut buffer = [0u8; 512];
     let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
-    let log_line = |line: Line<'_>| {
-        let (Line::Complete(bytes) | Line::TooLong(bytes) | Line::Unterminated(bytes)) = line;
-        log.line_in(conn, SystemTime::now(), bytes);
-        String::from_utf8_lossy(bytes).into_owned()
-    };
+    let log_line = |line: &[u8]| log.line_in(conn, SystemTime::now(), line);
     let (why, refused) = loop {
         match half.read(&mut buffer).await {
             Ok(0) => {
-                lines.finish(|line| {
-                    log_line(line);
-                });
+                lines.finish(|line| log_line(line.bytes()));
                 break ("the neighbor closed the link".to_owned(), false);
             }
             Ok(n) => {
                 let mut answered = None;
                 lines.push(&buffer[..n], |line| {
-                    let said = log_line(line);
-                    answered.get_or_insert(said);
+                    let said = line.bytes();
+                    log_line(said);
+                    answered.get_or_insert_with(|| String::from_utf8_lossy(said).into_owned());
                 });
                 if let Some(said) = answered {
                     let why = format!(

@@ -251,26 +251,27 @@ const ENV_SECTIONS: [&str; 3] = ["PLACES", "LOG", "LIMITS"];
 fn overrides(env: HashMap<String, String>) -> Result<HashMap<String, String>, ConfigError> {
     let mut settings = HashMap::new();
     for (name, value) in env {
-        // Matched without regard to case, as the `config` crate matches the prefix.
-        let prefix = ENV_PREFIX.len() + 1;
-        let Some(rest) = name
-            .get(..prefix)
-            .filter(|head| head.eq_ignore_ascii_case(&format!("{ENV_PREFIX}_")))
-            .and_then(|_| name.get(prefix..))
+        // The prefix in any case, as the `config` crate matches it.
+        let Some(rest) = strip_prefix_any_case(&name, ENV_PREFIX).and_then(|r| r.strip_prefix('_'))
         else {
             continue;
         };
         if rest.contains("__") {
             settings.insert(name, value);
         } else if ENV_SECTIONS.iter().any(|section| {
-            rest.get(..section.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(section))
-                && rest[section.len()..].starts_with('_')
+            strip_prefix_any_case(rest, section).is_some_and(|key| key.starts_with('_'))
         }) {
             return Err(ConfigError::MisspelledOverride(name));
         }
     }
     Ok(settings)
+}
+
+/// `text` after `prefix`, if it starts with `prefix` in any case (ASCII).
+fn strip_prefix_any_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 impl HerdConfig {

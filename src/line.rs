@@ -20,6 +20,15 @@ pub enum Line<'a> {
     Unterminated(&'a [u8]),
 }
 
+impl<'a> Line<'a> {
+    /// The line's bytes, however it ended (for a reader that treats all lines alike, such
+    /// as one that only logs them).
+    pub fn bytes(self) -> &'a [u8] {
+        let (Line::Complete(bytes) | Line::TooLong(bytes) | Line::Unterminated(bytes)) = self;
+        bytes
+    }
+}
+
 /// A line that spans reads and grew past this is not kept at that size once taken.
 const KEPT_PARTIAL_BYTES: usize = 4096;
 

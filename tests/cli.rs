@@ -130,17 +130,33 @@ fn up_that_cannot_start_a_server_stops_those_it_started_and_says_why() {
     assert!(log.trim_end().ends_with("stopped"), "{log}");
 }
 
-fn start(config: &str, dir: &Path, key: Option<&str>) -> (Running, String) {
-    let mut command = Command::new(HERD);
+/// `herd run Clark -c CONFIG` in `dir`, with no places key, the default log level and
+/// standard error piped; through `sh -c "SETUP && exec herd ..."` when there is a SETUP (a
+/// `ulimit`, a `trap`: what the shell sets up the server inherits).
+fn clark_command(config: &str, dir: &Path, setup: Option<&str>) -> Command {
+    let mut command = match setup {
+        Some(setup) => {
+            let mut shell = Command::new("sh");
+            shell.args(["-c", &format!("{setup} && exec \"$0\" \"$@\""), HERD]);
+            shell
+        }
+        None => Command::new(HERD),
+    };
     command
         .args(["run", "Clark", "-c", config])
         .current_dir(dir)
-        .env("RUST_LOG", "trace")
+        .env_remove("GOOGLE_PLACES_API_KEY")
+        .env_remove("RUST_LOG")
         .stderr(Stdio::piped());
-    match key {
-        Some(key) => command.env("GOOGLE_PLACES_API_KEY", key),
-        None => command.env_remove("GOOGLE_PLACES_API_KEY"),
-    };
+    command
+}
+
+fn start(config: &str, dir: &Path, key: Option<&str>) -> (Running, String) {
+    let mut command = clark_command(config, dir, None);
+    command.env("RUST_LOG", "trace");
+    if let Some(key) = key {
+        command.env("GOOGLE_PLACES_API_KEY", key);
+    }
     spawn_listening(&mut command)
 }
 
@@ -269,19 +285,6 @@ fn without_a_key_the_server_runs_says_so_once_and_whatsat_is_request_denied() {
     );
 }
 
-/// Starts Clark of `config` from `sh -c "SETUP && exec herd ..."`: what the shell sets up (a
-/// `ulimit`, a `trap`) the server inherits.
-fn start_in_shell(setup: &str, config: &str, dir: &Path) -> (Running, String) {
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", &format!("{setup} && exec \"$0\" \"$@\"")])
-        .args([HERD, "run", "Clark", "-c", config])
-        .current_dir(dir)
-        .env_remove("GOOGLE_PLACES_API_KEY")
-        .stderr(Stdio::piped());
-    spawn_listening(&mut command)
-}
-
 /// Waits until the file at `path` holds `text`, and returns it.
 fn wait_for_log(path: &Path, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -300,7 +303,11 @@ fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others
     let dir = tempfile::tempdir().unwrap();
     let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
     // 64 descriptors: the server starts with ~10 open, so 100 clients run it out.
-    let (mut child, addr) = start_in_shell("ulimit -n 64", &config, dir.path());
+    let (mut child, addr) = spawn_listening(&mut clark_command(
+        &config,
+        dir.path(),
+        Some("ulimit -n 64"),
+    ));
     let clients: Vec<TcpStream> = (0..100)
         .map(|i| {
             let mut client = connect(&addr);
@@ -330,14 +337,7 @@ fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others
 
 /// Starts Clark of `config` at the default log level, its standard error read as it comes.
 fn start_reading_stderr(config: &str, dir: &Path) -> (Running, String, mpsc::Receiver<String>) {
-    let mut command = Command::new(HERD);
-    command
-        .args(["run", "Clark", "-c", config])
-        .current_dir(dir)
-        .env_remove("GOOGLE_PLACES_API_KEY")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped());
-    let (mut child, addr) = spawn_listening(&mut command);
+    let (mut child, addr) = spawn_listening(&mut clark_command(config, dir, None));
     let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
@@ -442,7 +442,8 @@ fn a_server_started_under_nohup_keeps_serving_through_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
     // `trap '' HUP` is what `nohup` does: SIGHUP ignored, and so inherited through `exec`.
-    let (mut child, addr) = start_in_shell("trap '' HUP", &config, dir.path());
+    let (mut child, addr) =
+        spawn_listening(&mut clark_command(&config, dir.path(), Some("trap '' HUP")));
     signal(&child, "HUP");
     iamat(&mut connect(&addr), "after-hangup");
     assert!(child.0.try_wait().unwrap().is_none(), "stopped on SIGHUP");
