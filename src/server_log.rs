@@ -13,6 +13,11 @@
 //! The buffer is bounded: if the disk cannot keep up, events are counted and dropped rather
 //! than held in memory, and the file says how many were lost.
 //!
+//! A busy server writes tens of megabytes of log a second, which nobody reads back soon:
+//! only its last 32 MiB stay in the page cache, the older pages being handed
+//! back to the kernel as it goes (by a helper thread, so that the log thread never waits for
+//! the disk's writeback).
+//!
 //! The file is reopened at its path on request ([`LogWriter::reopen`], on SIGUSR1), so that
 //! a rotation (logrotate moving the file away) needs no restart. A write that fails (a full
 //! disk) loses that text, never the server: standard error says so once, and the file,
@@ -21,13 +26,16 @@
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use rustix::fs::Advice;
 
 /// The log target of what happens to the log file itself (a failed write, a reopen).
 pub const LOG_TARGET: &str = "herd::server_log";
@@ -377,24 +385,94 @@ impl Drop for LogWriter {
     }
 }
 
+/// How much of the end of the log stays in the page cache: older pages are handed back
+/// to the kernel once on disk (see [`LogFile::uncache`]).
+const CACHED_LOG_BYTES: u64 = 32 << 20;
+
+/// How many bytes the log thread writes between two requests to hand pages back.
+const UNCACHE_STEP_BYTES: u64 = 8 << 20;
+
 /// The log file as the log thread holds it.
 struct LogFile {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Bytes that failed to be written since the last write that succeeded (some of a
     /// failed write may have reached the file), and the first error.
     lost: Option<(usize, io::Error)>,
+    /// About where the file ends: its length when opened and the text written since (not
+    /// counting notes of lost text).
+    end: u64,
+    /// The range of the file whose pages were last asked for: those between its start
+    /// and `uncached.1` are asked for once more with the next range.
+    uncached: (u64, u64),
+    /// The thread that hands pages back: `None` until first needed, `Some(None)` if it
+    /// could not be started.
+    uncacher: Option<Option<SyncSender<Uncache>>>,
+}
+
+/// A range of the log file whose pages the kernel may drop.
+struct Uncache {
+    file: Arc<File>,
+    from: u64,
+    len: NonZeroU64,
 }
 
 impl LogFile {
     /// Opens `path` to append to it, creating it if need be.
     fn open(path: PathBuf) -> io::Result<LogFile> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let end = file.metadata().map_or(0, |m| m.len());
         Ok(LogFile {
             path,
-            file,
+            file: Arc::new(file),
             lost: None,
+            end,
+            uncached: (end, end),
+            uncacher: None,
         })
+    }
+
+    /// Every [`UNCACHE_STEP_BYTES`], has the log's pages older than the last
+    /// [`CACHED_LOG_BYTES`] handed back to the kernel (`posix_fadvise(DONTNEED)`), which
+    /// starts writing back those still dirty and drops the clean ones; the next request
+    /// covers them again, to drop those written back since. A log is written once and
+    /// seldom read, and a busy server writes tens of megabytes of it a second: kept in the
+    /// page cache, it takes a fresh page of memory for every 4 KiB, which on a VM that hands
+    /// freed memory back to its host costs twice the write and its writeback together
+    /// (bench/RESULTS.md, seventh session), and it crowds out the page cache of everything
+    /// else on the machine. Dropped, its pages are reused while still warm.
+    ///
+    /// The advice is given by a thread of its own, because starting writeback waits when
+    /// the disk is busy, and the log thread must never wait for the disk more than its
+    /// writes do: while that thread is busy, requests are skipped and the pages stay
+    /// cached, as they would without it. Only advice: where it fails (a file system that
+    /// does not take it), nothing else changes.
+    fn uncache(&mut self) {
+        let upto = self.end.saturating_sub(CACHED_LOG_BYTES);
+        let (from, last) = self.uncached;
+        if upto < last + UNCACHE_STEP_BYTES {
+            return;
+        }
+        let Some(len) = NonZeroU64::new(upto - from) else {
+            return;
+        };
+        let uncacher = self.uncacher.get_or_insert_with(|| {
+            let (requests, advised) = std::sync::mpsc::sync_channel::<Uncache>(1);
+            let name = std::thread::current().name().unwrap_or("log").to_owned();
+            let advise = move || {
+                for Uncache { file, from, len } in advised {
+                    let _ = rustix::fs::fadvise(&*file, from, Some(len), Advice::DontNeed);
+                }
+            };
+            let thread = std::thread::Builder::new().name(format!("{name}+"));
+            thread.spawn(advise).ok().map(|_| requests)
+        });
+        if let Some(requests) = uncacher {
+            let file = Arc::clone(&self.file);
+            if requests.try_send(Uncache { file, from, len }).is_ok() {
+                self.uncached = (last, upto);
+            }
+        }
     }
 
     /// Opens the file at its path again; if that fails, goes on with the open one.
@@ -402,6 +480,7 @@ impl LogFile {
         match LogFile::open(self.path.clone()) {
             Ok(reopened) => {
                 self.file = reopened.file;
+                (self.end, self.uncached) = (reopened.end, reopened.uncached);
                 // What was lost is said first, so that the stamps stay in order.
                 self.write(&[]);
                 self.write(note("log reopened").as_bytes());
@@ -417,16 +496,21 @@ impl LogFile {
     /// Writes `text`, after a note of what was lost if earlier writes failed. A failed
     /// write (disk full) loses that text, not the server.
     fn write(&mut self, text: &[u8]) {
+        let mut file = &*self.file;
         let result = match &self.lost {
             Some((bytes, why)) => {
                 let missing = note(&format!(
                     "log writes failed ({why}): up to {bytes} bytes lost before this"
                 ));
-                let said = self.file.write_all(missing.as_bytes());
-                said.and_then(|()| self.file.write_all(text))
+                let said = file.write_all(missing.as_bytes());
+                said.and_then(|()| file.write_all(text))
             }
-            None => self.file.write_all(text),
+            None => file.write_all(text),
         };
+        if result.is_ok() {
+            self.end += text.len() as u64;
+            self.uncache();
+        }
         match (result, &mut self.lost) {
             (Ok(()), lost) => {
                 if lost.take().is_some() {
@@ -674,6 +758,52 @@ mod tests {
             text.ends_with(" - log buffer full: 5 events not logged\n"),
             "{}",
             &text[text.len() - 100..]
+        );
+    }
+
+    /// How many bytes of `path` are in the page cache, as util-linux's `fincore` says.
+    fn cached_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("this test needs fincore (Debian's util-linux-extra)");
+        let said = String::from_utf8_lossy(&out.stdout);
+        said.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("fincore said {said:?}"))
+    }
+
+    #[test]
+    fn a_long_log_hands_its_old_pages_back_to_the_kernel() {
+        // On the project's disk, not in a temporary directory: a tmpfs /tmp keeps every page
+        // of a file, having no disk to put them on.
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::tempdir_in(&target).unwrap();
+        let path = dir.path().join("Clark.log");
+        let mut file = LogFile::open(path.clone()).unwrap();
+        let text = vec![b'x'; 1 << 20];
+        let total = CACHED_LOG_BYTES + 6 * UNCACHE_STEP_BYTES;
+        // At ~200 MB a second, a busy server's pace or faster: each range is on disk by the
+        // time it is asked for the second time.
+        for _ in 0..total / text.len() as u64 {
+            file.write(&text);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fs::metadata(&path).unwrap().len(), total);
+        // What may stay: the last `CACHED_LOG_BYTES`, the range asked for only once, and a
+        // step more; the rest is dropped once the advising thread has had its say.
+        let most = CACHED_LOG_BYTES + 3 * UNCACHE_STEP_BYTES;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut cached = cached_bytes(&path);
+        while cached > most && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            cached = cached_bytes(&path);
+        }
+        assert!(
+            cached <= most,
+            "{cached} bytes of a {total}-byte log still in the page cache"
         );
     }
 }
