@@ -437,10 +437,11 @@ impl LogFile {
     /// starts writing back those still dirty and drops the clean ones; the next request
     /// covers them again, to drop those written back since. A log is written once and
     /// seldom read, and a busy server writes tens of megabytes of it a second: kept in the
-    /// page cache, it takes a fresh page of memory for every 4 KiB, which on a VM that hands
-    /// freed memory back to its host costs twice the write and its writeback together
-    /// (bench/RESULTS.md, seventh session), and it crowds out the page cache of everything
-    /// else on the machine. Dropped, its pages are reused while still warm.
+    /// page cache, it takes a fresh page of memory for every 4 KiB and crowds out the page
+    /// cache of everything else on the machine. On a VM that hands freed memory back to its
+    /// host, writing into fresh pages costs twice as much as writing into reused ones and
+    /// writing them back together (bench/RESULTS.md, seventh session). Dropped, the log's
+    /// pages are reused while still warm.
     ///
     /// The advice is given by a thread of its own, because starting writeback waits when
     /// the disk is busy, and the log thread must never wait for the disk more than its
@@ -785,8 +786,8 @@ mod tests {
         let mut file = LogFile::open(path.clone()).unwrap();
         let text = vec![b'x'; 1 << 20];
         let total = CACHED_LOG_BYTES + 6 * UNCACHE_STEP_BYTES;
-        // At ~200 MB a second, a busy server's pace or faster: each range is on disk by the
-        // time it is asked for the second time.
+        // At ~200 MB a second, a pipelined server's pace: each range is on disk by the time
+        // it is asked for the second time.
         for _ in 0..total / text.len() as u64 {
             file.write(&text);
             std::thread::sleep(Duration::from_millis(5));
