@@ -14,9 +14,9 @@
 //! than held in memory, and the file says how many were lost.
 //!
 //! A busy server writes tens of megabytes of log a second, which nobody reads back soon:
-//! only its last 32 MiB stay in the page cache, the older pages being handed
-//! back to the kernel as it goes (by a helper thread, so that the log thread never waits for
-//! the disk's writeback).
+//! only its last 32 MiB stay in the page cache, the older pages being handed back to the
+//! kernel as it goes (by a helper thread, so that the log thread never waits for the disk's
+//! writeback).
 //!
 //! The file is reopened at its path on request ([`LogWriter::reopen`], on SIGUSR1), so that
 //! a rotation (logrotate moving the file away) needs no restart. A write that fails (a full
@@ -457,18 +457,7 @@ impl LogFile {
         let Some(len) = NonZeroU64::new(upto - from) else {
             return;
         };
-        let uncacher = self.uncacher.get_or_insert_with(|| {
-            let (requests, advised) = std::sync::mpsc::sync_channel::<Uncache>(1);
-            let name = std::thread::current().name().unwrap_or("log").to_owned();
-            let advise = move || {
-                for Uncache { file, from, len } in advised {
-                    let _ = rustix::fs::fadvise(&*file, from, Some(len), Advice::DontNeed);
-                }
-            };
-            let thread = std::thread::Builder::new().name(format!("{name}+"));
-            thread.spawn(advise).ok().map(|_| requests)
-        });
-        if let Some(requests) = uncacher {
+        if let Some(requests) = self.uncacher.get_or_insert_with(start_uncacher) {
             let file = Arc::clone(&self.file);
             if requests.try_send(Uncache { file, from, len }).is_ok() {
                 self.uncached = (last, upto);
@@ -530,6 +519,22 @@ impl LogFile {
             }
         }
     }
+}
+
+/// Starts the thread that gives [`LogFile::uncache`]'s advice, named after the log thread
+/// (`log-<Name>+`), and returns where to send it requests; `None` if it cannot be started.
+/// It ends when the log file is dropped.
+fn start_uncacher() -> Option<SyncSender<Uncache>> {
+    let (requests, advised) = std::sync::mpsc::sync_channel::<Uncache>(1);
+    let name = std::thread::current().name().unwrap_or("log").to_owned();
+    let advise = move || {
+        for Uncache { file, from, len } in advised {
+            let _ = rustix::fs::fadvise(&*file, from, Some(len), Advice::DontNeed);
+        }
+    };
+    let thread = std::thread::Builder::new().name(format!("{name}+"));
+    thread.spawn(advise).ok()?;
+    Some(requests)
 }
 
 /// A line of the log thread's own, `<stamp> - <text>`, as notes are logged.
