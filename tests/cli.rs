@@ -415,10 +415,12 @@ fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_muc
     // Space again (here: a new file at the log's path), and the log reopened.
     std::fs::remove_file(&log).unwrap();
     signal(&child, "USR1");
+    // The signal is taken in its own time: a line logged before the reopen still goes to
+    // the full disk, so the next one waits for it.
+    wait_for_log(&log, " - log reopened");
     iamat(&mut client, "kept");
     let text = wait_for_log(&log, "IAMAT kept");
-    // At least the start's notes were lost (lines logged since may have waited for the
-    // new file).
+    // At least the start's notes were lost.
     let mut lines = text.lines();
     let missing = lines.next().unwrap();
     assert!(
