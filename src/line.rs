@@ -29,6 +29,8 @@ impl<'a> Line<'a> {
     }
 }
 
+use std::ops::ControlFlow;
+
 /// A line that spans reads and grew past this is not kept at that size once taken.
 const KEPT_PARTIAL_BYTES: usize = 4096;
 
@@ -54,45 +56,68 @@ impl LineSplitter {
     }
 
     /// Takes the bytes just read and hands `each` every line they complete, in order.
-    pub fn push(&mut self, mut data: &[u8], mut each: impl FnMut(Line<'_>)) {
-        while !data.is_empty() {
-            let newline = memchr::memchr(b'\n', data);
+    pub fn push(&mut self, data: &[u8], mut each: impl FnMut(Line<'_>)) {
+        self.push_while(data, |line| {
+            each(line);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// As [`LineSplitter::push`], but stops right after a line for which `each` says
+    /// [`ControlFlow::Break`]: returns how many bytes of `data` were taken, so that a reader
+    /// that must stop taking lines (its client owes too much) keeps the rest for later.
+    pub fn push_while(
+        &mut self,
+        data: &[u8],
+        mut each: impl FnMut(Line<'_>) -> ControlFlow<()>,
+    ) -> usize {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let newline = memchr::memchr(b'\n', rest);
             if self.skipping {
                 match newline {
                     Some(i) => {
                         self.skipping = false;
-                        data = &data[i + 1..];
+                        rest = &rest[i + 1..];
                     }
-                    None => return,
+                    None => rest = &[],
                 }
                 continue;
             }
-            match newline {
+            let flow = match newline {
                 Some(i) if self.partial.is_empty() => {
-                    each(self.cut(without_cr(&data[..i])));
-                    data = &data[i + 1..];
+                    let line = self.cut(without_cr(&rest[..i]));
+                    rest = &rest[i + 1..];
+                    each(line)
                 }
                 Some(i) => {
-                    self.partial.extend_from_slice(&data[..i]);
-                    data = &data[i + 1..];
-                    each(self.cut(without_cr(&self.partial)));
+                    self.partial.extend_from_slice(&rest[..i]);
+                    rest = &rest[i + 1..];
+                    let flow = each(self.cut(without_cr(&self.partial)));
                     self.clear_partial();
+                    flow
                 }
                 None => {
-                    self.partial.extend_from_slice(data);
-                    data = &[];
+                    self.partial.extend_from_slice(rest);
+                    rest = &[];
                     // One byte over the limit may still be the `\r` of a `\r\n` ending.
                     let over = self.partial.len() > self.limit + 1
                         || (self.partial.len() == self.limit + 1
                             && self.partial.last() != Some(&b'\r'));
-                    if over {
-                        each(Line::TooLong(&self.partial[..self.limit]));
-                        self.clear_partial();
-                        self.skipping = true;
+                    if !over {
+                        break;
                     }
+                    let flow = each(Line::TooLong(&self.partial[..self.limit]));
+                    self.clear_partial();
+                    self.skipping = true;
+                    flow
                 }
+            };
+            if flow.is_break() {
+                break;
             }
         }
+        data.len() - rest.len()
     }
 
     /// The stream ended: what follows the last line ending is an [`Line::Unterminated`] line.
@@ -218,6 +243,28 @@ mod tests {
     #[test]
     fn too_long_last_line_at_end_of_stream_is_answered_once() {
         assert_eq!(split(4, &[b"abcdefgh"], true), [too_long("abcd")]);
+    }
+
+    #[test]
+    fn taking_lines_can_stop_after_any_line_and_go_on_with_the_rest() {
+        let input: &[u8] = b"a\nbb\r\ntoolong\nc\nd";
+        for stop_after in 0..4 {
+            let mut s = LineSplitter::new(4);
+            let mut seen = Vec::new();
+            let taken = s.push_while(input, |line| {
+                seen.push(line.bytes().to_vec());
+                if seen.len() > stop_after {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            assert_eq!(seen.len(), stop_after + 1, "stopped after {stop_after}");
+            s.push(&input[taken..], |line| seen.push(line.bytes().to_vec()));
+            s.finish(|line| seen.push(line.bytes().to_vec()));
+            let want: [&[u8]; 5] = [b"a", b"bb", b"tool", b"c", b"d"];
+            assert_eq!(seen, want, "stopped after {stop_after}");
+        }
     }
 
     #[test]
