@@ -16,20 +16,27 @@
 //! and wait for nothing: the link is read as fast as the store takes its records. Client
 //! commands on it are invalid: a link carries records one way.
 //!
-//! Two bounds keep one client from making the server hold without limit: when
-//! [`MAX_PENDING_ANSWERS`] answers are owed the reader stops reading (TCP pushes back on the
-//! client), and when more than [`MAX_OUTPUT_BYTES`] of answers wait for a client that does
-//! not read them, the client is dropped, as Redis does.
+//! A client that sends faster than it reads is slowed, never dropped: the session stops
+//! taking its lines while it owes too much ([`MAX_PENDING_ANSWERS`] answers, or
+//! [`MAX_UNSENT_BYTES`] of answers the socket has not taken, or
+//! [`MAX_WHATSATS_IN_FLIGHT`] places searches), so TCP pushes back on the client, and
+//! takes them again as the answers drain. It checks after every line, keeping the rest of a
+//! read for later, so what one connection holds stays bounded whatever it pipelines.
+//!
+//! Connections count against the server's cap on clients ([`ClientCount`]) until they
+//! become a neighbor's link; one name has one link ([`InboundLinks`]), the newer
+//! connection replacing the older.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::ops::ControlFlow;
 use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -51,8 +58,14 @@ pub const LOG_TARGET: &str = "herd::client_session";
 /// Answers a session may owe before it stops reading the client's lines.
 pub const MAX_PENDING_ANSWERS: usize = 1024;
 
-/// Answer bytes waiting for a client that does not read, past which the client is dropped.
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Bytes of answers known but not yet taken by the socket, past which the session stops
+/// taking the client's lines until they drain to half of it: a client that pipelines
+/// faster than it reads gets its answers at the pace it reads them.
+pub const MAX_UNSENT_BYTES: usize = 64 << 10;
+
+/// WHATSATs whose answers are still being worked out, past which the session stops taking
+/// lines: each answer may be tens of kilobytes, so this bounds what they will hold.
+pub const MAX_WHATSATS_IN_FLIGHT: usize = 32;
 
 /// Bytes taken from a socket in one read. One buffer per thread, shared by every reader,
 /// so an idle connection holds none.
@@ -89,6 +102,80 @@ pub struct SessionSettings {
     /// out (SPEC section 2): with none (but the one a record came from), answers need not
     /// wait for the store.
     pub links: Arc<[Arc<str>]>,
+    /// Every server of the herd: a neighbor's record stamped by any other is refused.
+    pub servers: Arc<[Arc<str>]>,
+    /// How far ahead of the server's clock an IAMAT's time may be; `None`: no bound.
+    pub max_clock_skew: Option<Duration>,
+    /// The neighbors' links into this server, one per name.
+    pub links_in: InboundLinks,
+    /// The client connections open, for the cap on them.
+    pub clients: ClientCount,
+}
+
+/// The number of client connections a server holds; a connection stops counting once it
+/// becomes a neighbor's link. Shared by the accept loops and the sessions of one server,
+/// which all run on one thread.
+#[derive(Clone, Default, Debug)]
+pub struct ClientCount(Rc<Cell<usize>>);
+
+impl ClientCount {
+    /// How many are open.
+    pub fn get(&self) -> usize {
+        self.0.get()
+    }
+
+    fn add(&self) {
+        self.0.set(self.0.get() + 1);
+    }
+
+    fn remove(&self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// The sessions that carry a neighbor's link into this server, by neighbor. A second hello
+/// from the same name replaces the first connection (a neighbor that redialled after a
+/// link died silently, or a stranger claiming its name): one name has one link.
+#[derive(Clone, Default, Debug)]
+pub struct InboundLinks(Rc<RefCell<HashMap<Arc<str>, InboundLink>>>);
+
+/// The session that carries one neighbor's link into this server.
+#[derive(Debug)]
+struct InboundLink {
+    /// Its connection's number in the log.
+    conn: u64,
+    session: Addr<ClientSession>,
+}
+
+impl InboundLinks {
+    /// Records connection `conn` as `neighbor`'s link, and returns the one it replaces.
+    fn replace(
+        &self,
+        neighbor: &Arc<str>,
+        conn: u64,
+        session: Addr<ClientSession>,
+    ) -> Option<InboundLink> {
+        let mut links = self.0.borrow_mut();
+        links.insert(Arc::clone(neighbor), InboundLink { conn, session })
+    }
+
+    /// Forgets connection `conn` as `neighbor`'s link, unless a newer one took its place.
+    fn remove(&self, neighbor: &str, conn: u64) {
+        let mut links = self.0.borrow_mut();
+        if links.get(neighbor).is_some_and(|link| link.conn == conn) {
+            links.remove(neighbor);
+        }
+    }
+
+    /// How many neighbors have a link into this server.
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// Whether no neighbor has a link into this server.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One client connection.
@@ -107,6 +194,12 @@ pub struct ClientSession {
     first_slot: u64,
     /// Answers due to the client that the socket has not taken yet.
     out: BytesMut,
+    /// Bytes of the answers known but not yet in `out` (waiting for an earlier line's).
+    owed_bytes: usize,
+    /// WHATSATs whose answers are being worked out.
+    whatsats_in_flight: usize,
+    /// Whether this connection counts against the cap on clients (until it is a link).
+    counted: bool,
     /// Whether a future is already waiting for the socket to take more.
     awaiting_writable: bool,
     /// The loop reading the socket, until the client's last line or a drain.
@@ -147,18 +240,42 @@ enum Slot {
 }
 
 impl ClientSession {
-    /// Starts a session on an accepted connection.
+    /// Starts a session on an accepted connection, counted as a client until it says hello.
     pub fn start(
         stream: TcpStream,
         conn: u64,
         settings: SessionSettings,
         services: Services,
     ) -> Addr<ClientSession> {
+        settings.clients.add();
+        Self::start_counted(stream, conn, settings, services, true)
+    }
+
+    /// Starts a session on a connection that has already shown a neighbor's hello (let in
+    /// past the cap on clients, so it does not count as one).
+    pub fn start_link(
+        stream: TcpStream,
+        conn: u64,
+        settings: SessionSettings,
+        services: Services,
+    ) -> Addr<ClientSession> {
+        Self::start_counted(stream, conn, settings, services, false)
+    }
+
+    fn start_counted(
+        stream: TcpStream,
+        conn: u64,
+        settings: SessionSettings,
+        services: Services,
+        counted: bool,
+    ) -> Addr<ClientSession> {
         let (read_half, write_half) = stream.into_split();
         ClientSession::create(move |ctx| {
             let reader = ctx.spawn(ReadLoop {
                 half: read_half,
                 splitter: LineSplitter::new(settings.max_line_bytes),
+                held: Vec::new(),
+                held_at: SystemTime::UNIX_EPOCH,
             });
             ClientSession {
                 conn,
@@ -168,6 +285,9 @@ impl ClientSession {
                 slots: VecDeque::new(),
                 first_slot: 0,
                 out: BytesMut::new(),
+                owed_bytes: 0,
+                whatsats_in_flight: 0,
+                counted,
                 awaiting_writable: false,
                 reader: Some(reader),
                 room: None,
@@ -199,8 +319,11 @@ impl ClientSession {
         self.settings.log.line_in(self.conn, received, bytes);
         let command = match Command::parse(bytes) {
             // No answer, so no slot: the record goes to the store with the others of this
-            // read, and nothing waits for it there.
-            Command::At(record) if self.peer.is_some() => return self.unstored.push(record),
+            // read, and nothing waits for it there. One stamped by a server the herd does
+            // not have is refused (answered, and the link goes on).
+            Command::At(record) if self.peer.is_some() && self.knows_server(&record) => {
+                return self.unstored.push(record);
+            }
             command => command,
         };
         let slot = self.reserve_slot();
@@ -211,10 +334,8 @@ impl ClientSession {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
                 match neighbor {
                     Some(neighbor) => {
-                        self.settings
-                            .log
-                            .note(Some(self.conn), format!("link from {neighbor} accepted"));
-                        self.peer = Some(Arc::clone(neighbor));
+                        let neighbor = Arc::clone(neighbor);
+                        self.become_link(neighbor, ctx);
                         self.fill(slot, Answer::Silent);
                     }
                     None => self.fill(slot, invalid(bytes)),
@@ -227,7 +348,17 @@ impl ClientSession {
             }
             Command::Iamat(iamat) => {
                 let received = Nanos::from(received);
+                // Stamped too far ahead of this server's clock: it would pin the client.
+                let ahead =
+                    |skew: Duration| iamat.time.nanos.0 > received.0 + skew.as_nanos() as i128;
+                if self.settings.max_clock_skew.is_some_and(ahead) {
+                    return self.fill(slot, invalid(bytes));
+                }
                 let record = Record::from_iamat(&self.settings.server, &iamat, received);
+                // Its AT line must fit in a line, or no neighbor could take it.
+                if record.line().len() > self.settings.max_line_bytes {
+                    return self.fill(slot, invalid(bytes));
+                }
                 self.hold_for_store(slot, record.clone(), Answer::At(record));
             }
             Command::Whatsat(whatsat) => {
@@ -237,6 +368,7 @@ impl ClientSession {
                 let places = self.services.places.clone();
                 let (radius, bound) = (whatsat.radius, whatsat.bound);
                 let unknown = protocol::invalid_answer(bytes);
+                self.whatsats_in_flight += 1;
                 let answer = async move {
                     let Ok(Some(record)) = lookup.await else {
                         return unknown;
@@ -258,7 +390,12 @@ impl ClientSession {
                     };
                     protocol::whatsat_answer(&record, &json)
                 };
-                self.answer_later(slot, async move { Bytes::from(answer.await) }, ctx);
+                let answer = async move { Bytes::from(answer.await) };
+                ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
+                    act.whatsats_in_flight -= 1;
+                    act.fill(slot, Answer::Text(answer));
+                    act.flush(ctx);
+                }));
             }
             // A second hello, a hello from a stranger or after other lines, or a record on a
             // connection that did not say hello: invalid, and nothing changes.
@@ -280,7 +417,53 @@ impl ClientSession {
         self.first_held.get_or_insert(slot);
         self.unstored.push(record);
         if let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) {
+            self.owed_bytes += answer.len();
             *entry = Slot::Unstored(answer);
+        }
+    }
+
+    /// Whether a neighbor's record names a server of the herd as the one that heard it.
+    fn knows_server(&self, record: &Record) -> bool {
+        let server = record.server();
+        self.settings.servers.iter().any(|s| **s == *server)
+    }
+
+    /// The connection said a neighbor's hello: from now on it carries that neighbor's
+    /// records. It no longer counts as a client, and replaces the neighbor's older link.
+    fn become_link(&mut self, neighbor: Arc<str>, ctx: &mut Context<Self>) {
+        let log = &self.settings.log;
+        log.note(Some(self.conn), format!("link from {neighbor} accepted"));
+        if std::mem::take(&mut self.counted) {
+            self.settings.clients.remove();
+        }
+        let older = self
+            .settings
+            .links_in
+            .replace(&neighbor, self.conn, ctx.address());
+        if let Some(InboundLink { conn, session }) = older {
+            log.note(
+                Some(conn),
+                format!("link from {neighbor} replaced by conn {}", self.conn),
+            );
+            session.do_send(Replaced);
+        }
+        self.peer = Some(neighbor);
+    }
+
+    /// Whether the session owes the client so much that it must stop taking its lines.
+    fn owes_too_much(&self) -> bool {
+        self.slots.len() >= MAX_PENDING_ANSWERS
+            || self.owed_bytes + self.out.len() >= MAX_UNSENT_BYTES
+            || self.whatsats_in_flight >= MAX_WHATSATS_IN_FLIGHT
+    }
+
+    /// Wakes a reader paused for owing too much, once what it owes has drained to half.
+    fn wake_reader(&mut self) {
+        let room = self.slots.len() < MAX_PENDING_ANSWERS / 2
+            && self.owed_bytes + self.out.len() < MAX_UNSENT_BYTES / 2
+            && self.whatsats_in_flight < MAX_WHATSATS_IN_FLIGHT;
+        if room && let Some(room) = self.room.take() {
+            room.wake();
         }
     }
 
@@ -344,24 +527,12 @@ impl ClientSession {
         self.send_due();
     }
 
-    /// Fills line `slot` with what `answer` gives once it is ready, and sends what is due.
-    fn answer_later(
-        &mut self,
-        slot: u64,
-        answer: impl Future<Output = Bytes> + 'static,
-        ctx: &mut Context<Self>,
-    ) {
-        ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
-            act.fill(slot, Answer::Text(answer));
-            act.flush(ctx);
-        }));
-    }
-
     /// Records the answer of line `slot`, and moves every answer now due into `out`.
     fn fill(&mut self, slot: u64, answer: Answer) {
         let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) else {
             return;
         };
+        self.owed_bytes += answer.len();
         *entry = Slot::Due(answer);
         self.send_due();
     }
@@ -372,6 +543,7 @@ impl ClientSession {
         while let Some(Slot::Due(_)) = self.slots.front() {
             let now = *now.get_or_insert_with(SystemTime::now);
             if let Some(Slot::Due(answer)) = self.slots.pop_front() {
+                self.owed_bytes -= answer.len();
                 match answer {
                     Answer::Silent => {}
                     Answer::At(record) => {
@@ -388,11 +560,7 @@ impl ClientSession {
             }
             self.first_slot += 1;
         }
-        if self.slots.len() < MAX_PENDING_ANSWERS / 2
-            && let Some(room) = self.room.take()
-        {
-            room.wake();
-        }
+        self.wake_reader();
     }
 
     /// Hands the answers due to the socket, as much as it takes now; closes the session when
@@ -408,13 +576,7 @@ impl ClientSession {
                 }
             }
         }
-        if self.out.len() > MAX_OUTPUT_BYTES {
-            self.settings.log.note(
-                Some(self.conn),
-                format!("dropped: more than {MAX_OUTPUT_BYTES} bytes of answers unread"),
-            );
-            return ctx.stop();
-        }
+        self.wake_reader();
         if self.out.is_empty() {
             // Give back the memory of a large answer once it is sent.
             if self.out.capacity() > READ_CHUNK_BYTES {
@@ -458,7 +620,11 @@ impl Actor for ClientSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if self.counted {
+            self.settings.clients.remove();
+        }
         if let Some(neighbor) = &self.peer {
+            self.settings.links_in.remove(neighbor, self.conn);
             let note = format!("link from {neighbor} closed");
             self.settings.log.note(Some(self.conn), note);
         }
@@ -484,6 +650,31 @@ impl Handler<Drain> for ClientSession {
     }
 }
 
+/// A newer connection from the same neighbor said hello: this one closes.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Replaced;
+
+impl Handler<Replaced> for ClientSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
+        debug!(target: LOG_TARGET, "conn {}: Replaced", self.conn);
+        ctx.stop();
+    }
+}
+
+impl Answer {
+    /// The bytes it takes in the output.
+    fn len(&self) -> usize {
+        match self {
+            Answer::Silent => 0,
+            Answer::At(record) => record.line().len() + 1,
+            Answer::Text(text) => text.len(),
+        }
+    }
+}
+
 /// The answer to an invalid line.
 fn invalid(line: &[u8]) -> Answer {
     Answer::Text(protocol::invalid_answer(line).into())
@@ -491,16 +682,40 @@ fn invalid(line: &[u8]) -> Answer {
 
 /// The socket's reading side, polled inside the session's own context: lines reach the
 /// session without a message or a task switch per read, and the session pauses it simply by
-/// owing too many answers.
+/// owing too much.
 struct ReadLoop {
     /// The socket's reading side.
     half: OwnedReadHalf,
     /// Keeps a line cut by the end of a read until the next read completes it.
     splitter: LineSplitter,
+    /// Bytes read but not yet taken, because the session came to owe too much part-way
+    /// through a read: at most one read's worth.
+    held: Vec<u8>,
+    /// When the held bytes were read.
+    held_at: SystemTime,
 }
 
 /// Reads taken in one turn before the loop lets the other connections have theirs.
 const READS_PER_TURN: usize = 4;
+
+/// Hands `session` the lines of `bytes`, read at `received`, until it owes too much;
+/// returns how many bytes it took.
+fn take_lines(
+    splitter: &mut LineSplitter,
+    bytes: &[u8],
+    received: SystemTime,
+    session: &mut ClientSession,
+    ctx: &mut Context<ClientSession>,
+) -> usize {
+    splitter.push_while(bytes, |line| {
+        session.take_line(line, received, ctx);
+        if session.owes_too_much() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+}
 
 impl ActorFuture<ClientSession> for ReadLoop {
     type Output = ();
@@ -513,9 +728,16 @@ impl ActorFuture<ClientSession> for ReadLoop {
     ) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..READS_PER_TURN {
-            if session.slots.len() >= MAX_PENDING_ANSWERS {
+            if session.owes_too_much() {
                 session.room = Some(task.waker().clone());
                 return Poll::Pending;
+            }
+            if !this.held.is_empty() {
+                let taken = take_lines(&mut this.splitter, &this.held, this.held_at, session, ctx);
+                this.held.drain(..taken);
+                session.offer_records(ctx);
+                session.flush(ctx);
+                continue;
             }
             // `poll_read` rather than `readable` + `try_read`: after a short read it knows
             // the socket is drained and waits, where `try_read` would need one more system
@@ -526,17 +748,21 @@ impl ActorFuture<ClientSession> for ReadLoop {
                 let read = ready!(Pin::new(&mut this.half).poll_read(task, &mut filled));
                 let received = SystemTime::now();
                 let conn = session.conn;
-                let mut take = |line: Line<'_>| session.take_line(line, received, ctx);
                 Poll::Ready(match read {
                     Ok(()) if filled.filled().is_empty() => {
                         debug!(target: LOG_TARGET, "conn {conn}: end of input");
-                        this.splitter.finish(&mut take);
+                        this.splitter
+                            .finish(|line| session.take_line(line, received, ctx));
                         true
                     }
                     Ok(()) => {
                         let bytes = filled.filled();
                         debug!(target: LOG_TARGET, "conn {conn}: read {} bytes", bytes.len());
-                        this.splitter.push(bytes, &mut take);
+                        let taken = take_lines(&mut this.splitter, bytes, received, session, ctx);
+                        if taken < bytes.len() {
+                            this.held.extend_from_slice(&bytes[taken..]);
+                            this.held_at = received;
+                        }
                         false
                     }
                     Err(_) => true,
@@ -629,6 +855,9 @@ mod tests {
         gate: watch::Sender<bool>,
     }
 
+    /// The socket buffers of a test session, each way.
+    const SOCKET_BUFFER_BYTES: u32 = 16 << 10;
+
     const KIWI: &str = "AT Other +0.100000000 kiwi +34.068930-118.445127 1621464827.959498503";
 
     /// A session of server Clark, whose one neighbor is Bona.
@@ -639,10 +868,19 @@ mod tests {
     /// A session of server Clark with neighbors `links`, whose store answers `Store`s if
     /// `store_answers`.
     async fn session_with(places_open: bool, links: &[&str], store_answers: bool) -> Harness {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        // Small socket buffers (the accepted socket inherits the listener's), so that what
+        // the session holds back shows, rather than vanishing into the kernel's buffers.
+        let small_socket = || {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_send_buffer_size(SOCKET_BUFFER_BYTES).unwrap();
+            socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES).unwrap();
+            socket
+        };
+        let socket = small_socket();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = small_socket().connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let offered = Arc::new(Mutex::new(Vec::new()));
         let searches = Arc::new(Mutex::new(Vec::new()));
@@ -673,6 +911,12 @@ mod tests {
             log: ServerLog::discard(),
             neighbors: Arc::from([Arc::from("Bona")]),
             links: links.iter().map(|&link| Arc::from(link)).collect(),
+            servers: ["Bona", "Campbell", "Clark", "Jaquez"]
+                .map(Arc::from)
+                .into(),
+            max_clock_skew: Some(Duration::from_secs(300)),
+            links_in: InboundLinks::default(),
+            clients: ClientCount::default(),
         };
         ClientSession::start(server, 1, settings, services);
         Harness {
@@ -921,8 +1165,17 @@ mod tests {
         assert_eq!(out, format!("? {}\n? WHATSAT nobody 1 1\n", &long[..64]));
     }
 
+    /// Waits until `check` holds, for at most ten seconds.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[actix_rt::test]
-    async fn reading_pauses_while_too_many_answers_are_owed() {
+    async fn reading_pauses_while_too_many_whatsats_are_in_flight() {
         let h = session(false).await;
         // Line i asks for a radius of i metres, which the fake echoes in its answer.
         let count_lines = 4 * MAX_PENDING_ANSWERS;
@@ -934,18 +1187,13 @@ mod tests {
             write.write_all(lines.as_bytes()).await.unwrap();
             write.shutdown().await.unwrap();
         });
-        // The session takes lines until it owes the maximum, then stops reading.
+        // The session takes lines until it has the most searches under way, then stops
+        // reading, part-way through what it read.
         let searches = Arc::clone(&h.searches);
         let count = || searches.lock().unwrap().len();
-        while count() < MAX_PENDING_ANSWERS {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("the searches start", || count() >= MAX_WHATSATS_IN_FLIGHT).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let paused_at = count();
-        assert!(
-            paused_at < 2 * MAX_PENDING_ANSWERS,
-            "{paused_at} searches started: reading did not pause"
-        );
+        assert_eq!(count(), MAX_WHATSATS_IN_FLIGHT, "reading did not pause");
         // Once the answers come, reading resumes and every line is answered, in order.
         h.gate.send(true).unwrap();
         let mut out = Vec::new();
@@ -966,5 +1214,58 @@ mod tests {
             misplaced.is_none(),
             "answer out of line order: {misplaced:?}"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_client_that_reads_slowly_is_slowed_not_dropped_and_gets_every_answer() {
+        let h = session(true).await;
+        // Far more answers than a session lets wait, sent without reading any.
+        let count_lines = 100_000;
+        let lines: String = (0..count_lines)
+            .map(|i| format!("IAMAT c{i} +1+1 1\n"))
+            .collect();
+        let (mut read, mut write) = h.client.into_split();
+        let writer = actix_rt::spawn(async move {
+            write.write_all(lines.as_bytes()).await.unwrap();
+            write.shutdown().await.unwrap();
+        });
+        // The session stops taking lines once its answers wait unread (beyond what the
+        // sockets' buffers hold), instead of reading everything.
+        let offered = Arc::clone(&h.offered);
+        let count = || offered.lock().unwrap().iter().map(Vec::len).sum::<usize>();
+        until("the first records are offered", || count() > 0).await;
+        let mut last = 0;
+        while count() != last {
+            last = count();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            last < count_lines / 2,
+            "{last} lines taken: reading did not pause"
+        );
+        assert!(!writer.is_finished(), "the client could send everything");
+        // Read slowly: every answer comes, in order.
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut chunk))
+                .await
+                .expect("the answers stalled")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if out.len() % 16 == 0 {
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        }
+        writer.await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let clients: Vec<&str> = out.lines().map(|l| l.split(' ').nth(3).unwrap()).collect();
+        assert_eq!(clients.len(), count_lines);
+        for (i, client) in clients.iter().enumerate() {
+            assert_eq!(*client, format!("c{i}"), "answer {i} out of order");
+        }
     }
 }

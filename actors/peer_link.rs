@@ -10,9 +10,12 @@
 //! resends everything on the next one, so a slow or dead neighbor never holds memory or a
 //! client.
 //!
-//! A neighbor that answers at all refused the hello (an accepted link gets no answer): the
-//! link is dropped and dialled again after the longest delay, instead of streaming every
-//! record to a server that refuses each one.
+//! An accepted link gets no answer. A neighbor that answers `? PEER <me>` refused the
+//! hello: the link is dropped and dialled again after the longest delay, instead of
+//! streaming every record to a server that refuses each one. Any other answer is the
+//! neighbor refusing one record (one it finds invalid, say): logged, once per connection,
+//! and the link goes on, as dropping it would resend the whole store only to be refused
+//! again.
 //!
 //! Like a client's, the link's connection has a number in the server's log, which holds
 //! every line sent on it (the hello, the snapshot, the records) and the neighbor's
@@ -27,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
-use log::debug;
+use log::{debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -181,6 +184,7 @@ impl PeerLink {
             self.log.clone(),
             conn,
             Arc::clone(&self.neighbor),
+            Arc::clone(&self.me),
         ));
         let hello = format!("PEER {}\n", self.me);
         self.log
@@ -391,9 +395,8 @@ impl Handler<Close> for PeerLink {
 
 /// Reads the neighbor's side of the link (connection `conn` in the log), which carries
 /// nothing in normal operation, to notice at once when it closes. A neighbor that refuses
-/// the hello answers `? ...` (an accepted link gets no answer): its first line is logged
-/// and ends the link, rather than let it stream every record to a server that refuses each
-/// one.
+/// the hello (`? PEER <me>`) ends the link; any other answer refuses one record, and is
+/// said once per connection (every line is in the server's log).
 async fn watch_neighbor(
     mut half: OwnedReadHalf,
     link: Addr<PeerLink>,
@@ -401,9 +404,12 @@ async fn watch_neighbor(
     log: ServerLog,
     conn: u64,
     neighbor: Arc<str>,
+    me: Arc<str>,
 ) {
+    let refusal = format!("? PEER {me}");
     let mut buffer = [0u8; 512];
     let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
+    let mut disagreed = false;
     let log_line = |line: &[u8]| log.line_in(conn, SystemTime::now(), line);
     let (why, refused) = loop {
         match half.read(&mut buffer).await {
@@ -412,15 +418,25 @@ async fn watch_neighbor(
                 break ("the neighbor closed the link".to_owned(), false);
             }
             Ok(n) => {
-                let mut answered = None;
+                let mut refused = false;
                 lines.push(&buffer[..n], |line| {
                     let said = line.bytes();
                     log_line(said);
-                    answered.get_or_insert_with(|| String::from_utf8_lossy(said).into_owned());
+                    if said == refusal.as_bytes() {
+                        refused = true;
+                    } else if !std::mem::replace(&mut disagreed, true) {
+                        let said = String::from_utf8_lossy(said);
+                        let note = format!(
+                            "{neighbor} refused a record, answering {said:?}; the link goes \
+                             on (further answers on this connection are in the log only)"
+                        );
+                        warn!(target: LOG_TARGET, "{me}: {note}");
+                        log.note(Some(conn), note);
+                    }
                 });
-                if let Some(said) = answered {
+                if refused {
                     let why = format!(
-                        "{neighbor} refused it, answering {said:?} (do the two configs agree?)"
+                        "{neighbor} refused it, answering {refusal:?} (do the two configs agree?)"
                     );
                     break (why, true);
                 }

@@ -24,7 +24,6 @@ use awc::error::PayloadError;
 use log::{debug, warn};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::client_session::MAX_OUTPUT_BYTES;
 use crate::answer_cache::{AnswerCache, SearchKey};
 use crate::config::{PlacesApi, PlacesConfig};
 use crate::places_json::{self, BadAnswer, REQUEST_DENIED, UNKNOWN_ERROR};
@@ -38,11 +37,9 @@ pub const LOG_TARGET: &str = "herd::places_proxy";
 pub const API_KEY_VAR: &str = "GOOGLE_PLACES_API_KEY";
 
 /// The largest answer body accepted from the places API. A full legacy page of 20 results
-/// is about 20 KB; this leaves room without letting a broken server fill memory, and stays
-/// under what a session lets wait for a client ([`MAX_OUTPUT_BYTES`]), so that one answer
-/// read as it is written never gets its client dropped.
+/// is about 20 KB; this leaves room without letting a broken server fill memory (a session
+/// holds at most a few dozen answers at once).
 const MAX_BODY_BYTES: usize = 512 << 10;
-const _: () = assert!(MAX_BODY_BYTES <= MAX_OUTPUT_BYTES / 2);
 
 /// A places API key. It prints as `***`, so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,7 +97,11 @@ impl PlacesProxy {
     pub fn new(settings: PlacesConfig, key: Option<ApiKey>) -> PlacesProxy {
         // The call's own timeout covers the wait for a slot, the headers and the body
         // together; awc's would cover only the headers, so it is turned off.
+        // No more connections than calls at once: each is a descriptor the server's
+        // budget sets aside (`crate::descriptors`).
+        let connector = awc::Connector::new().limit(settings.max_concurrent);
         let client = awc::Client::builder()
+            .connector(connector)
             .disable_timeout()
             .disable_redirects()
             .finish();

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::actors::places_proxy::{API_KEY_VAR, ApiKey};
 use crate::config::HerdConfig;
+use crate::descriptors;
 use crate::node::Node;
 
 /// A proxy server herd: phones report positions to any server, any server answers what is
@@ -75,7 +76,8 @@ fn load(path: &Path) -> anyhow::Result<HerdConfig> {
 
 /// Starts the named servers in one actix system and runs them until Ctrl-C, SIGTERM or
 /// SIGHUP; SIGUSR1 reopens their logs.
-fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
+fn serve(mut herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
+    budget_descriptors(&mut herd, &names)?;
     let key = ApiKey::from_env();
     if key.is_none() {
         let _ = writeln!(
@@ -109,6 +111,36 @@ fn serve(herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
         stop_all(nodes).await;
         signal
     })
+}
+
+/// Raises the open-file limit as far as it goes, and caps each server's clients at its
+/// share of what the servers' links, places calls, logs and listeners leave (unless the
+/// config sets `max_clients`), so that clients can never take the descriptors a link needs.
+fn budget_descriptors(herd: &mut HerdConfig, names: &[String]) -> anyhow::Result<()> {
+    let limit = descriptors::raise_open_file_limit().unwrap_or_else(|e| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: cannot raise the open-file limit: {e}"
+        );
+        None
+    });
+    // Unlimited: nothing to share out.
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let cap = descriptors::client_cap(limit, herd, names)?;
+    match herd.limits.max_clients {
+        Some(max) if max > cap => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: max_clients = {max}, but the open-file limit ({limit}) leaves room \
+                 for {cap} per server: past that, new connections wait until some close"
+            );
+        }
+        Some(_) => {}
+        None => herd.limits.max_clients = Some(cap),
+    }
+    Ok(())
 }
 
 /// Stops `nodes` all at once: each may wait for answers owed (up to the places timeout),

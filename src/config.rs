@@ -33,6 +33,9 @@ const DEFAULT_PLACES_TIMEOUT_MS: u64 = 5000;
 /// The default longest client line, in bytes (SPEC section 2).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8192;
 
+/// How far ahead of the server's clock a client's time may be by default, in seconds.
+pub const DEFAULT_MAX_CLOCK_SKEW_S: u64 = 300;
+
 /// The prefix of environment overrides: `HERD_PLACES__URL` sets `places.url`.
 const ENV_PREFIX: &str = "HERD";
 
@@ -157,8 +160,18 @@ pub struct LogConfig {
 /// `[limits]`: bounds on what one client can make a server hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// The longest client line, not counting its line ending.
+    /// The longest client line, not counting its line ending. An IAMAT whose AT line would
+    /// be longer is invalid too: every server must be able to take the record as a line.
     pub max_line_bytes: usize,
+    /// How far ahead of the server's clock an IAMAT's time may be; `None` (`0` in the
+    /// file) turns the bound off. Without it, one IAMAT stamped far in the future would
+    /// freeze that client's position everywhere: nothing newer could replace it.
+    pub max_clock_skew: Option<Duration>,
+    /// The most client connections a server holds at once; past it, new ones are closed
+    /// at once, so that links and places calls always have descriptors. `None` in the file
+    /// means "from the descriptor budget", which `herd run` and `herd up` work out at start
+    /// ([`crate::descriptors`]); a server started otherwise with `None` has no cap.
+    pub max_clients: Option<usize>,
 }
 
 /// One `[[nodes]]` table: a server of the herd.
@@ -225,10 +238,12 @@ struct RawLog {
     dir: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_line_bytes: Option<usize>,
+    max_clock_skew_s: Option<u64>,
+    max_clients: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -330,13 +345,17 @@ impl HerdConfig {
         if max_concurrent == 0 {
             return Err(ConfigError::Zero("places.max_concurrent"));
         }
-        let max_line_bytes = raw
-            .limits
-            .and_then(|l| l.max_line_bytes)
-            .unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        let raw_limits = raw.limits.unwrap_or_default();
+        let max_line_bytes = raw_limits.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if max_line_bytes == 0 {
             return Err(ConfigError::Zero("limits.max_line_bytes"));
         }
+        if raw_limits.max_clients == Some(0) {
+            return Err(ConfigError::Zero("limits.max_clients"));
+        }
+        let skew_s = raw_limits
+            .max_clock_skew_s
+            .unwrap_or(DEFAULT_MAX_CLOCK_SKEW_S);
         let nodes = validate_nodes(raw.nodes.ok_or(ConfigError::MissingSection("nodes"))?)?;
         validate_links(&nodes, &raw.links)?;
         Ok(HerdConfig {
@@ -357,7 +376,11 @@ impl HerdConfig {
                     .unwrap_or_else(|| "logs".to_owned())
                     .into(),
             },
-            limits: Limits { max_line_bytes },
+            limits: Limits {
+                max_line_bytes,
+                max_clock_skew: (skew_s > 0).then(|| Duration::from_secs(skew_s)),
+                max_clients: raw_limits.max_clients,
+            },
             nodes,
             links: raw.links,
         })
@@ -507,7 +530,15 @@ impl fmt::Display for HerdConfig {
             self.places.max_concurrent
         )?;
         writeln!(f, "log dir: {}", self.log.dir.display())?;
-        write!(f, "max line: {} bytes", self.limits.max_line_bytes)
+        writeln!(f, "max line: {} bytes", self.limits.max_line_bytes)?;
+        match self.limits.max_clock_skew {
+            Some(skew) => writeln!(f, "client clocks: at most {} s ahead", skew.as_secs())?,
+            None => writeln!(f, "client clocks: not bounded")?,
+        }
+        match self.limits.max_clients {
+            Some(max) => write!(f, "max clients: {max} per server"),
+            None => write!(f, "max clients: from the descriptor budget at start"),
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`places_server`]: a local HTTP server that plays the places API, for tests (`herd
 //!   bench whatsat` has a leaner one of its own, [`bench::http`]).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
+//! - [`descriptors`]: the open-file budget, and the cap on clients it allows.
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
 //! - [`actors`]: the actors and their typed messages, one module per actor
 //!   (`ClientSession`, `LocationStore`, `PeerLink`, `PlacesProxy`).
@@ -30,6 +31,7 @@ pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod descriptors;
 pub mod line;
 pub mod node;
 pub mod places_json;

@@ -6,23 +6,28 @@
 //! listener ([`Node::start_on`]) so tests can bind port 0 and start whole herds in one
 //! process; [`Node::start`] binds the configured address first.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use log::{debug, info, warn};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::actors::client_session::{ClientSession, Drain, Services, SessionSettings};
+use crate::actors::client_session::{
+    ClientCount, ClientSession, Drain, InboundLinks, Services, SessionSettings,
+};
 use crate::actors::location_store::{LocationStore, Subscribe};
 use crate::actors::peer_link::{Close, PeerLink};
 use crate::actors::places_proxy::{ApiKey, PlacesProxy};
 use crate::config::{ConfigError, HerdConfig};
+use crate::protocol::Command;
 use crate::server_log::{LogWriter, ServerLog};
 
 /// The log target of start-up, accept and shutdown messages.
@@ -31,6 +36,13 @@ pub const LOG_TARGET: &str = "herd::node";
 /// How long to wait after a failed accept (out of file descriptors, say) before the next,
 /// so that the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a connection that comes past the cap on clients has to show a neighbor's hello
+/// before it is closed: a neighbor's link says it as soon as it connects.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest hello line looked for on a connection past the cap on clients.
+const HELLO_PEEK_BYTES: usize = 512;
 
 /// How long a stopping server waits for sessions to deliver what they owe, beyond the
 /// places timeout (the longest any answer can take).
@@ -72,6 +84,7 @@ pub struct Node {
     peer_addr: Option<SocketAddr>,
     store: Addr<LocationStore>,
     links: Vec<Addr<PeerLink>>,
+    clients: ClientCount,
     log: ServerLog,
     log_writer: LogWriter,
     stop: watch::Sender<bool>,
@@ -129,7 +142,13 @@ impl Node {
             })?;
         // awc's TLS needs a process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        log.note(None, format!("{name} listening on {client_addr}"));
+        match config.limits.max_clients {
+            Some(max) => log.note(
+                None,
+                format!("{name} listening on {client_addr}, for at most {max} clients at once"),
+            ),
+            None => log.note(None, format!("{name} listening on {client_addr}")),
+        }
         if let Some(peer_addr) = peer_addr {
             log.note(None, format!("{name} accepting herd links on {peer_addr}"));
         }
@@ -165,9 +184,18 @@ impl Node {
             .neighbors(name)
             .map(|n| Arc::from(n.name.as_str()))
             .collect();
+        let servers: Arc<[Arc<str>]> = config
+            .nodes
+            .iter()
+            .map(|n| Arc::from(n.name.as_str()))
+            .collect();
         let settings = SessionSettings {
             server: me,
             max_line_bytes: config.limits.max_line_bytes,
+            servers,
+            max_clock_skew: config.limits.max_clock_skew,
+            links_in: InboundLinks::default(),
+            clients: ClientCount::default(),
             log: log.clone(),
             // With a separate peer address, a hello on the client address is refused.
             neighbors: if peer_listener.is_some() {
@@ -178,27 +206,21 @@ impl Node {
             links: Arc::clone(&neighbors),
         };
         let (stop, stopped) = watch::channel(false);
-        let grace = config.places.timeout + SHUTDOWN_GRACE;
-        let mut accepting = vec![actix_rt::spawn(accept(
-            listener,
-            settings.clone(),
-            services.clone(),
-            stopped.clone(),
-            grace,
-        ))];
+        let clients = settings.clients.clone();
+        let accept = Accept {
+            settings,
+            services,
+            stopped,
+            grace: config.places.timeout + SHUTDOWN_GRACE,
+            max_clients: config.limits.max_clients.unwrap_or(usize::MAX),
+        };
+        let mut accepting = Vec::new();
         if let Some(peer_listener) = peer_listener {
-            let settings = SessionSettings {
-                neighbors,
-                ..settings
-            };
-            accepting.push(actix_rt::spawn(accept(
-                peer_listener,
-                settings,
-                services,
-                stopped,
-                grace,
-            )));
+            let mut accept = accept.clone();
+            accept.settings.neighbors = neighbors;
+            accepting.push(actix_rt::spawn(accept.run(peer_listener)));
         }
+        accepting.insert(0, actix_rt::spawn(accept.run(listener)));
         debug!(target: LOG_TARGET, "{name} listening on {client_addr}");
         Ok(Node {
             name: name.to_owned(),
@@ -206,6 +228,7 @@ impl Node {
             peer_addr,
             store,
             links,
+            clients,
             log,
             log_writer,
             stop,
@@ -226,6 +249,11 @@ impl Node {
     /// The address neighbors connect to, when apart from the client address.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// How many client connections the server holds now.
+    pub fn clients(&self) -> usize {
+        self.clients.get()
     }
 
     /// The server's location store (for tests).
@@ -265,40 +293,39 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
         })
 }
 
-/// An accept loop, then, once told to stop, the draining of the sessions it started.
-async fn accept(
-    listener: TcpListener,
+/// What an accept loop needs: the sessions' settings and services, when to stop, and the
+/// cap on clients.
+#[derive(Clone)]
+struct Accept {
     settings: SessionSettings,
     services: Services,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
+    /// How long sessions may take to deliver what they owe once the server stops.
     grace: Duration,
-) {
-    let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
-    let mut prune_at = 64;
-    // Accepts that failed in a row: the first and the recovery are said, not each retry.
-    let mut failed = 0u64;
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if failed > 0 {
-                        let note = format!("accepting again, after {failed} failed accepts");
-                        info!(target: LOG_TARGET, "{}: {note}", settings.server);
-                        settings.log.note(None, note);
-                        failed = 0;
-                    }
-                    // Answers are written whole; Nagle would only delay them.
-                    let _ = stream.set_nodelay(true);
-                    let conn = settings.log.next_conn();
-                    let session =
-                        ClientSession::start(stream, conn, settings.clone(), services.clone());
-                    sessions.push(session);
-                    if sessions.len() >= prune_at {
-                        sessions.retain(Addr::connected);
-                        prune_at = (sessions.len() * 2).max(64);
-                    }
-                }
+    /// The most client connections the server holds at once.
+    max_clients: usize,
+}
+
+impl Accept {
+    /// An accept loop, then, once told to stop, the draining of the sessions it started.
+    async fn run(mut self, listener: TcpListener) {
+        let settings = self.settings.clone();
+        let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
+        let mut prune_at = 64;
+        // Accepts that failed in a row: the first and the recovery are said, not each retry.
+        let mut failed = 0u64;
+        // Connections come past the cap on clients since the last one taken: the first
+        // and the end of such an episode are said, not each connection.
+        let mut past_cap = 0u64;
+        // Connections past the cap being looked at for a neighbor's hello.
+        let probing = Rc::new(Cell::new(0usize));
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stopped.changed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, say: the connections wait in the listen
                     // backlog, and are accepted in order once some close.
@@ -312,16 +339,96 @@ async fn accept(
                     }
                     failed += 1;
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
                 }
+            };
+            if failed > 0 {
+                let note = format!("accepting again, after {failed} failed accepts");
+                info!(target: LOG_TARGET, "{}: {note}", settings.server);
+                settings.log.note(None, note);
+                failed = 0;
+            }
+            // Answers are written whole; Nagle would only delay them.
+            let _ = stream.set_nodelay(true);
+            if settings.clients.get() >= self.max_clients {
+                if past_cap == 0 {
+                    let note = format!(
+                        "holding max_clients ({}) client connections: new ones are closed \
+                         at once, but for neighbors' links",
+                        self.max_clients
+                    );
+                    warn!(target: LOG_TARGET, "{}: {note}", settings.server);
+                    settings.log.note(None, note);
+                }
+                past_cap += 1;
+                // A neighbor's link may come on this listener: it is let in past the cap.
+                if probing.get() < settings.neighbors.len() {
+                    probing.set(probing.get() + 1);
+                    let admit = admit_link(stream, self.settings.clone(), self.services.clone());
+                    let probing = Rc::clone(&probing);
+                    actix_rt::spawn(async move {
+                        admit.await;
+                        probing.set(probing.get() - 1);
+                    });
+                }
+                continue;
+            }
+            if past_cap > 0 {
+                let note = format!(
+                    "taking clients again, after {past_cap} connections came past max_clients"
+                );
+                info!(target: LOG_TARGET, "{}: {note}", settings.server);
+                settings.log.note(None, note);
+                past_cap = 0;
+            }
+            let conn = settings.log.next_conn();
+            let session =
+                ClientSession::start(stream, conn, settings.clone(), self.services.clone());
+            sessions.push(session);
+            if sessions.len() >= prune_at {
+                sessions.retain(Addr::connected);
+                prune_at = (sessions.len() * 2).max(64);
             }
         }
+        drop(listener);
+        for session in &sessions {
+            session.do_send(Drain);
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while sessions.iter().any(Addr::connected) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    drop(listener);
-    for session in &sessions {
-        session.do_send(Drain);
+}
+
+/// Lets a connection that came past the cap on clients in as a link if its first line,
+/// within [`HELLO_WAIT`], is a neighbor's hello; closes it otherwise.
+async fn admit_link(stream: TcpStream, settings: SessionSettings, services: Services) {
+    let hello = tokio::time::timeout(HELLO_WAIT, peek_hello(&stream, &settings.neighbors));
+    if let Ok(true) = hello.await {
+        let conn = settings.log.next_conn();
+        ClientSession::start_link(stream, conn, settings, services);
     }
-    let deadline = tokio::time::Instant::now() + grace;
-    while sessions.iter().any(Addr::connected) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Whether the first line waiting on `stream` is the hello of one of `neighbors`, looked
+/// at without taking it (the session that starts on the stream reads it again).
+async fn peek_hello(stream: &TcpStream, neighbors: &[Arc<str>]) -> bool {
+    let mut buffer = [0u8; HELLO_PEEK_BYTES];
+    loop {
+        let Ok(n) = stream.peek(&mut buffer).await else {
+            return false;
+        };
+        if let Some(end) = memchr::memchr(b'\n', &buffer[..n]) {
+            return match Command::parse(&buffer[..end]) {
+                Command::Hello(hello) => neighbors.iter().any(|n| **n == *hello.name),
+                _ => false,
+            };
+        }
+        if n == 0 || n == buffer.len() {
+            return false;
+        }
+        // Part of a line: peeking again at once would find the same bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

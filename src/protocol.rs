@@ -571,6 +571,12 @@ impl Record {
         &self.line[start..start + usize::from(self.client_len)]
     }
 
+    /// The server that heard the IAMAT this record was made from (the AT line's first field).
+    pub fn server(&self) -> &str {
+        let fields = &self.line["AT ".len()..];
+        fields.split(' ').next().unwrap_or_default()
+    }
+
     /// The client's time, in nanoseconds.
     pub fn time(&self) -> Nanos {
         Nanos(i128::from(self.secs) * NANOS_PER_SEC + i128::from(self.nanos))
@@ -929,6 +935,7 @@ mod tests {
         };
         assert_eq!(r.line(), line);
         assert_eq!(r.client(), "kiwi");
+        assert_eq!(r.server(), "Clark");
         assert_eq!(r.time(), Nanos(1_621_464_827_959_498_503));
         let position = r.position().unwrap();
         assert_eq!(
@@ -963,6 +970,7 @@ mod tests {
             };
             assert_eq!(got, want, "{spaced:?}");
             assert_eq!(got.client(), "kiwi", "{spaced:?}");
+            assert_eq!(got.server(), "Clark", "{spaced:?}");
         }
     }
 

@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::herds::free_port;
 use common::process::{HERD, Running, spawn_listening};
 use herd::places_server::{PlacesServer, Reply};
 
@@ -302,12 +303,11 @@ fn wait_for_log(path: &Path, text: &str) -> String {
 fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others_close() {
     let dir = tempfile::tempdir().unwrap();
     let config = one_node_config(dir.path(), "http://127.0.0.1:9/nearby");
-    // 64 descriptors: the server starts with ~10 open, so 100 clients run it out.
-    let (mut child, addr) = spawn_listening(&mut clark_command(
-        &config,
-        dir.path(),
-        Some("ulimit -n 64"),
-    ));
+    // 64 descriptors: the server starts with ~10 open, so 100 clients run it out, as they
+    // may when `max_clients` is set past what the descriptors allow.
+    let mut command = clark_command(&config, dir.path(), Some("ulimit -n 64"));
+    command.env("HERD_LIMITS__MAX_CLIENTS", "1000");
+    let (mut child, addr) = spawn_listening(&mut command);
     let clients: Vec<TcpStream> = (0..100)
         .map(|i| {
             let mut client = connect(&addr);
@@ -332,6 +332,116 @@ fn out_of_file_descriptors_new_connections_wait_and_each_is_answered_once_others
     let log = wait_for_log(&log_path, "accepting again, after ");
     assert_eq!(log.matches("accept failed").count(), 1, "{log}");
     let (clean, stderr) = stop(&mut child, "TERM");
+    assert!(clean, "{stderr}");
+}
+
+/// Waits until the log at `path` holds `text` `times` times, and returns it.
+fn wait_for_log_times(path: &Path, text: &str, times: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.matches(text).count() >= times {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not {times} times in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn past_max_clients_connections_are_closed_and_a_restarted_neighbor_still_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clark, bona) = (free_port(), free_port());
+    let config = format!(
+        "links = [[\"Clark\", \"Bona\"]]\n\
+         [places]\nurl = \"http://127.0.0.1:9/nearby\"\n\
+         [log]\ndir = \"{}\"\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:{clark}\"\n\
+         [[nodes]]\nname = \"Bona\"\naddr = \"127.0.0.1:{bona}\"\n",
+        dir.path().join("logs").display()
+    );
+    let config_path = dir.path().join("herd.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let config = config_path.display().to_string();
+    let bona_command = || {
+        let mut command = Command::new(HERD);
+        command
+            .args(["run", "Bona", "-c", &config])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::null());
+        command
+    };
+    // Clark has 64 descriptors: its links, places calls, log and listener take their
+    // share, and clients get the rest.
+    let mut command = clark_command(&config, dir.path(), Some("ulimit -n 64"));
+    let (mut clark_process, clark_addr) = spawn_listening(&mut command);
+    let (mut bona_process, bona_addr) = spawn_listening(&mut bona_command());
+    let clark_log = dir.path().join("logs/Clark.log");
+    let log = wait_for_log(&clark_log, "link from Bona accepted");
+    let cap: usize = log
+        .split_once("for at most ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cap on clients in the log:\n{log}"));
+    assert!((1..64).contains(&cap), "{cap}");
+
+    // More clients than 64 descriptors could hold: those past the cap are closed at once.
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for i in 0..80 {
+        let mut client = connect(&clark_addr);
+        let _ = client.write_all(format!("IAMAT held-{i} +1+1 1700000000\n").as_bytes());
+        let mut answer = String::new();
+        match BufReader::new(&client).read_line(&mut answer) {
+            Ok(_) if answer.starts_with("AT Clark ") => held.push(client),
+            Ok(0) | Err(_) => closed += 1,
+            Ok(_) => panic!("client {i}: {answer:?}"),
+        }
+    }
+    assert_eq!((held.len(), closed), (cap, 80 - cap));
+    wait_for_log(&clark_log, &format!("holding max_clients ({cap})"));
+
+    // Bona restarts: its link into Clark is let in past the cap, and Clark's link out
+    // reaches it; records go both ways.
+    let (clean, _) = stop(&mut bona_process, "TERM");
+    assert!(clean);
+    let (_bona_process, bona_addr_again) = spawn_listening(&mut bona_command());
+    assert_eq!(bona_addr, bona_addr_again);
+    wait_for_log_times(&clark_log, "link from Bona accepted", 2);
+    let mut at_bona = connect(&bona_addr);
+    at_bona.write_all(b"IAMAT from-bona +1+1 1\n").unwrap();
+    let mut from_bona = String::new();
+    BufReader::new(&at_bona).read_line(&mut from_bona).unwrap();
+    assert!(from_bona.starts_with("AT Bona "), "{from_bona:?}");
+    // The first line of the answer to WHATSAT for `client` at `addr`, once it is `want`'s.
+    let eventually_known = |addr: &str, client: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut stream = connect(addr);
+            stream
+                .write_all(format!("WHATSAT {client} 1 1\n").as_bytes())
+                .unwrap();
+            let mut first = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut first);
+            if first.starts_with(want) {
+                return first;
+            }
+            assert!(Instant::now() < deadline, "{client} at {addr}: {first:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    eventually_known(&bona_addr, "held-0", "AT Clark ");
+    // A client leaves Clark: a new one is taken, and Clark knows Bona's record.
+    drop(held.pop());
+    let known = eventually_known(&clark_addr, "from-bona", "AT Bona ");
+    assert_eq!(known, from_bona);
+    let log = wait_for_log(&clark_log, "taking clients again");
+    assert_eq!(log.matches("holding max_clients").count(), 1, "{log}");
+    let (clean, stderr) = stop(&mut clark_process, "TERM");
     assert!(clean, "{stderr}");
 }
 

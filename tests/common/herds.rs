@@ -79,6 +79,7 @@ pub struct HerdBuilder {
     peer_addrs: HashMap<String, SocketAddr>,
     external: HashMap<String, SocketAddr>,
     places_url: Option<String>,
+    sections: String,
 }
 
 impl HerdBuilder {
@@ -94,6 +95,7 @@ impl HerdBuilder {
             peer_addrs: HashMap::new(),
             external: HashMap::new(),
             places_url: None,
+            sections: String::new(),
         }
     }
 
@@ -127,6 +129,13 @@ impl HerdBuilder {
     /// (for example the dummy `http://127.0.0.1:9/x`).
     pub fn places_url(mut self, url: &str) -> HerdBuilder {
         self.places_url = Some(url.to_owned());
+        self
+    }
+
+    /// Adds TOML sections to the config (`"[limits]\nmax_clock_skew_s = 0"`).
+    pub fn sections(mut self, toml: &str) -> HerdBuilder {
+        self.sections.push_str(toml);
+        self.sections.push('\n');
         self
     }
 
@@ -173,6 +182,7 @@ impl HerdBuilder {
             links.join(", "),
             log_dir.display(),
         );
+        toml.push_str(&self.sections);
         for (name, listener) in &listeners {
             let bound = listener.local_addr().expect("the listener's address");
             let addr = self.advertised.get(name).copied().unwrap_or(bound);
