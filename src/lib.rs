@@ -12,8 +12,6 @@
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
-//! - [`places_server`]: a local HTTP server that plays the places API, for tests (`herd
-//!   bench whatsat` has a leaner one of its own, [`bench::http`]).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
 //! - [`actors`]: the actors and their typed messages, one module per actor
@@ -34,7 +32,6 @@ pub mod line;
 pub mod node;
 pub mod places_json;
 pub mod places_new;
-pub mod places_server;
 pub mod protocol;
 pub mod record_table;
 pub mod server_log;

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::process::{HERD, Running, spawn_listening};
-use herd::places_server::{PlacesServer, Reply};
+use places_fake::{PlacesServer, Reply};
 
 const KEY: &str = "secret-test-key-4f9a";
 
