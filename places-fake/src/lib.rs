@@ -1,10 +1,12 @@
 //! A small local HTTP server that plays the places API, for tests.
 //!
 //! The herd must never reach the internet in tests, yet WHATSAT must be exercised against a
-//! real HTTP server speaking the API's format. This one runs on its own thread (its own
-//! tokio runtime), answers each request with whatever its responder returns, keeps
-//! connections alive as Google's servers do, and records every request it gets, so a test
-//! can check what the herd sent and how many calls and connections it made.
+//! real HTTP server speaking the API's format. This one is hyper's HTTP/1.1 server on its
+//! own thread (its own tokio runtime): it answers each request with whatever its responder
+//! returns (now, after a delay, when the test lets go, or with a body that is not what the
+//! API sends), keeps connections alive as Google's servers do, and records every request
+//! it gets, so a test can check what the herd sent and how many calls and connections it
+//! made, and how many calls were under way at once.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,12 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-
-/// The largest request head accepted, in bytes.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// One HTTP request as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +31,10 @@ pub struct Request {
     pub method: String,
     /// The path and query, as sent (`/nearby?location=...`).
     pub target: String,
-    /// Header names (lower-cased) and values, in order.
+    /// Header names (lower-cased) and values, each name's values together in the order
+    /// they came.
     pub headers: Vec<(String, String)>,
-    /// The body (`Content-Length` bytes).
+    /// The body.
     pub body: Vec<u8>,
 }
 
@@ -47,7 +53,8 @@ impl Request {
 /// What the server does with a request.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// Answer with this HTTP status and JSON body.
+    /// Answer with this HTTP status and JSON body (a status that is not a valid code, such
+    /// as 42, is answered 500).
     Json(u16, String),
     /// Answer with this body, labelled as HTML (for "body is not JSON").
     Html(u16, String),
@@ -60,19 +67,23 @@ pub enum Reply {
 
 type Responder = dyn Fn(&Request) -> Reply + Send + Sync;
 
-/// Requests being answered now, and the most there ever were at once.
-#[derive(Default)]
-struct Load {
+/// What the server's thread shares with the test's.
+struct Shared {
+    responder: Box<Responder>,
+    /// Every request received, in order.
+    requests: Mutex<Vec<Request>>,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
+    /// Requests being answered now.
     now: AtomicUsize,
+    /// The most requests there ever were being answered at once.
     most: AtomicUsize,
 }
 
 /// A running fake places API. Stops when dropped.
 pub struct PlacesServer {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
-    connections: Arc<AtomicUsize>,
-    load: Arc<Load>,
+    shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,19 +96,18 @@ impl PlacesServer {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let load = Arc::new(Load::default());
+        let shared = Arc::new(Shared {
+            responder: Box::new(responder),
+            requests: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
         let (stop, stopped) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let responder: Arc<Responder> = Arc::new(responder);
-        let (reqs, conns, thread_load) = (
-            Arc::clone(&requests),
-            Arc::clone(&connections),
-            Arc::clone(&load),
-        );
+        let served = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("places-server".into())
             .spawn(move || {
@@ -107,15 +117,14 @@ impl PlacesServer {
                     };
                     tokio::select! {
                         _ = stopped => {}
-                        _ = accept_loop(listener, responder, reqs, conns, thread_load) => {}
+                        _ = accept_loop(listener, served) => {}
                     }
                 });
+                // The runtime drops here, and with it every connection still open.
             })?;
         Ok(PlacesServer {
             addr,
-            requests,
-            connections,
-            load,
+            shared,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -134,7 +143,8 @@ impl PlacesServer {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Request> {
-        self.requests
+        self.shared
+            .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -142,12 +152,12 @@ impl PlacesServer {
 
     /// How many TCP connections were accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// The most requests that were being answered at the same time.
     pub fn most_at_once(&self) -> usize {
-        self.load.most.load(Ordering::SeqCst)
+        self.shared.most.load(Ordering::SeqCst)
     }
 }
 
@@ -162,132 +172,192 @@ impl Drop for PlacesServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    responder: Arc<Responder>,
-    requests: Arc<Mutex<Vec<Request>>>,
-    connections: Arc<AtomicUsize>,
-    load: Arc<Load>,
-) {
+/// Accepts connections and serves each with hyper's HTTP/1.1 server (keep-alive on).
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while let Ok((stream, _)) = listener.accept().await {
-        connections.fetch_add(1, Ordering::SeqCst);
-        let (responder, requests) = (Arc::clone(&responder), Arc::clone(&requests));
-        let load = Arc::clone(&load);
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let _ = serve(stream, responder, requests, load).await;
+            let service = service_fn(move |request| answer(Arc::clone(&shared), request));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    responder: Arc<Responder>,
-    requests: Arc<Mutex<Vec<Request>>>,
-    load: Arc<Load>,
-) -> io::Result<()> {
-    let mut buf = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut stream, &mut buf).await? else {
-            return Ok(());
-        };
-        let close = request
+/// Records `request`, then answers it as the responder says.
+async fn answer(
+    shared: Arc<Shared>,
+    request: hyper::Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (head, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let request = Request {
+        method: head.method.to_string(),
+        target: head
+            .uri
+            .path_and_query()
+            .map_or_else(|| head.uri.to_string(), |target| target.to_string()),
+        headers: head
             .headers
             .iter()
-            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
-        let now = load.now.fetch_add(1, Ordering::SeqCst) + 1;
-        load.most.fetch_max(now, Ordering::SeqCst);
-        let mut reply = responder(&request);
-        requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(request);
-        let (status, kind, body) = loop {
-            match reply {
-                Reply::After(delay, next) => {
-                    tokio::time::sleep(delay).await;
-                    reply = *next;
-                }
-                Reply::Held(mut released, next) => {
-                    // A dropped sender lets go too, rather than hold the call forever.
-                    let _ = released.wait_for(|released| *released).await;
-                    reply = *next;
-                }
-                Reply::Json(status, body) => {
-                    break (status, "application/json; charset=UTF-8", body);
-                }
-                Reply::Html(status, body) => break (status, "text/html", body),
-            }
-        };
-        load.now.fetch_sub(1, Ordering::SeqCst);
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
-            reason(status),
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        if close {
-            return Ok(());
-        }
-    }
-}
-
-/// Reads one request; `None` at a clean end of the connection.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(io::Error::other("request head too long"));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect(),
+        body: body.to_vec(),
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_owned();
-    let target = first.next().unwrap_or_default().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    buf.drain(..head_end + 4);
-    while buf.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
+    let _answering = Answering::new(&shared);
+    let mut reply = (shared.responder)(&request);
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(request);
+    let (status, kind, body) = loop {
+        match reply {
+            Reply::After(delay, next) => {
+                tokio::time::sleep(delay).await;
+                reply = *next;
+            }
+            Reply::Held(mut released, next) => {
+                // A dropped sender lets go too, rather than hold the call forever.
+                let _ = released.wait_for(|released| *released).await;
+                reply = *next;
+            }
+            Reply::Json(status, body) => break (status, "application/json; charset=UTF-8", body),
+            Reply::Html(status, body) => break (status, "text/html", body),
         }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf.drain(..length).collect();
-    Ok(Some(Request {
-        method,
-        target,
-        headers,
-        body,
-    }))
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    Ok(response)
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
+/// A request counted as being answered from its creation until it is dropped (answered,
+/// or given up with its connection).
+struct Answering<'a>(&'a Shared);
+
+impl<'a> Answering<'a> {
+    fn new(shared: &'a Shared) -> Answering<'a> {
+        let now = shared.now.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most.fetch_max(now, Ordering::SeqCst);
+        Answering(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    /// Sends `raw` on a new connection and reads until the server closes it.
+    fn exchange(server: &PlacesServer, raw: &str) -> String {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn requests_are_recorded_and_answered_on_one_kept_alive_connection() {
+        let server = PlacesServer::start(|request| match request.query("radius") {
+            Some("1") => Reply::Json(200, "{\"status\":\"OK\"}".into()),
+            _ => Reply::Html(404, "<html>".into()),
+        })
+        .unwrap();
+        let answer = exchange(
+            &server,
+            "GET /nearby?location=1,2&radius=1 HTTP/1.1\r\nHost: x\r\nX-Key: k\r\n\r\n\
+             POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        );
+        let (first, second) = answer.split_once("{\"status\":\"OK\"}").unwrap();
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            first
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{answer}"
+        );
+        assert!(second.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        assert!(second.ends_with("<html>"), "{answer}");
+
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].method, "GET");
+        assert_eq!(requests[0].target, "/nearby?location=1,2&radius=1");
+        assert_eq!(requests[0].query("location"), Some("1,2"));
+        assert!(
+            requests[0]
+                .headers
+                .contains(&("x-key".to_owned(), "k".to_owned())),
+            "{:?}",
+            requests[0].headers
+        );
+        assert_eq!(
+            (requests[1].method.as_str(), &requests[1].body[..]),
+            ("POST", &b"abc"[..])
+        );
+        assert_eq!(server.connections(), 1);
+        assert_eq!(server.most_at_once(), 1);
+    }
+
+    #[test]
+    fn held_calls_are_counted_at_once_and_answered_when_let_go() {
+        let (release, released) = watch::channel(false);
+        let server = PlacesServer::start(move |_| {
+            Reply::Held(released.clone(), Box::new(Reply::Json(200, "{}".into())))
+        })
+        .unwrap();
+        let addr = server.addr;
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    stream
+                        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .unwrap();
+                    let mut answer = String::new();
+                    stream.read_to_string(&mut answer).unwrap();
+                    answer
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.requests().len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "three calls held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        release.send(true).unwrap();
+        for call in calls {
+            assert!(call.join().unwrap().starts_with("HTTP/1.1 200 OK\r\n"));
+        }
+        assert_eq!(server.most_at_once(), 3);
+        assert_eq!(server.connections(), 3);
+    }
+
+    #[test]
+    fn a_dropped_server_refuses_connections() {
+        let server = PlacesServer::always("{}").unwrap();
+        let addr = server.addr;
+        drop(server);
+        assert!(TcpStream::connect(addr).is_err());
     }
 }
