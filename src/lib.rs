@@ -19,13 +19,15 @@
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.
-//! - [`mod@bench`]: `herd bench`, tools that measure a running server (load, propagation, memory).
+//!
+//! Beside this crate in the workspace: `herd-bench` (`bench/`), the tools that measure a
+//! running server from outside, and `places-fake` (`places-fake/`), the local places API
+//! that the tests call.
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod answer_cache;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod line;

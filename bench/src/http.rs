@@ -1,4 +1,4 @@
-//! The local places server `herd bench whatsat` starts, and the client that calls it
+//! The local places server `herd-bench whatsat` starts, and the client that calls it
 //! directly for the baseline.
 //!
 //! The server is a tiny HTTP/1.1 responder on a fixed address (so a herd server can be
