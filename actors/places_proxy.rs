@@ -321,7 +321,7 @@ fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::places_server::{PlacesServer, Reply};
+    use places_fake::{PlacesServer, Reply};
     use std::time::Duration;
 
     const LEGACY_OK: &str = include_str!("../tests/fixtures/places/legacy_ok.json");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures a herd server on this machine against the physical-limit reference
-# (`herd bench echo-server`: a line server that answers each line with a line of the same
+# (`herd-bench echo-server`: a line server that answers each line with a line of the same
 # length), then the herd's propagation, memory and places overhead. Issue 4.
 #
 #   bash bench/compare.sh             # about 2-5 minutes
@@ -16,9 +16,9 @@
 # this script starts is killed when it exits (also on Ctrl-C).
 #
 # Environment: QUICK=1 (short runs), CONNS (IAMAT connections, 50), PORT_BASE (first of the
-# ten ports used, 17100), SKIP_BUILD=1 (use the release binary as it is), DETAIL=1 (under each
-# IAMAT round, where the servers' CPU went: user and system time of the threads that serve,
-# the log threads' time, and page faults, each per request).
+# ten ports used, 17100), SKIP_BUILD=1 (use the release binaries as they are), DETAIL=1
+# (under each IAMAT round, where the servers' CPU went: user and system time of the threads
+# that serve, the log threads' time, and page faults, each per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +47,7 @@ WATCHER_ADDR=127.0.0.1:$((PORT_BASE + 6))
 PLACES_ADDR=127.0.0.1:$((PORT_BASE + 9))
 
 BIN=target/release/herd
+BENCH=target/release/herd-bench
 SCRIPT=bench
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
@@ -58,9 +59,9 @@ pin_cpus
 bench() {
     local status=0
     # --foreground: in the script's process group, so that Ctrl-C reaches the benchmark.
-    timeout --foreground "$LIMIT" "${LOAD_CPU[@]}" "$BIN" bench "$@" || status=$?
+    timeout --foreground "$LIMIT" "${LOAD_CPU[@]}" "$BENCH" "$@" || status=$?
     if [[ $status != 0 ]]; then
-        echo "  herd bench $1 failed (exit $status)" >&2
+        echo "  herd-bench $1 failed (exit $status)" >&2
     fi
     return 0
 }
@@ -212,7 +213,7 @@ verdict() {
 
 mkdir -p "$TMP/logs"
 # Clark: the server under load (with a key and no cache, for WHATSAT); Jaquez: a fresh one
-# whose memory is weighed. Both call the places server `bench whatsat` starts.
+# whose memory is weighed. Both call the places server `herd-bench whatsat` starts.
 cat >"$TMP/single.toml" <<EOF
 [places]
 url = "http://$PLACES_ADDR/nearbysearch/json"
@@ -230,14 +231,14 @@ name = "Jaquez"
 addr = "$JAQUEZ_ADDR"
 EOF
 # A chain of three: Bailey - Bona - Campbell; Campbell's neighbor Watcher is played by
-# `herd bench flood --listen`, which takes the records off Campbell's link as they come.
+# `herd-bench flood --listen`, which takes the records off Campbell's link as they come.
 herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"], ["Campbell", "Watcher"]]' \
     "Bailey=$BAILEY_ADDR" "Bona=$BONA_ADDR" "Campbell=$CAMPBELL_ADDR" "Watcher=$WATCHER_ADDR" \
     >"$TMP/chain.toml"
 
-echo "herd bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "herd-bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-start echo "${SERVER_CPU[@]}" "$BIN" bench echo-server --addr "$ECHO_ADDR"
+start echo "${SERVER_CPU[@]}" "$BENCH" echo-server --addr "$ECHO_ADDR"
 ECHO_PID=$LAST_PID
 start clark env GOOGLE_PLACES_API_KEY=bench "${SERVER_CPU[@]}" "$BIN" run Clark -c "$TMP/single.toml"
 CLARK_PID=$LAST_PID

@@ -9,8 +9,8 @@
 #   bash bench/instructions.sh OLD_BINARY NEW_BINARY # two builds, side by side
 #
 # Three counts per binary:
-# - per IAMAT at one server, loaded by `herd bench iamat --conns 50` (a distinct client per
-#   IAMAT, so the store grows as it would), against the echo reference (`herd bench
+# - per IAMAT at one server, loaded by `herd-bench iamat --conns 50` (a distinct client per
+#   IAMAT, so the store grows as it would), against the echo reference (`herd-bench
 #   echo-server`) counted the same way in the same run: the floor, what reading a line and
 #   writing one costs through the same runtime;
 # - per IAMAT at the middle of a chain (Bailey - Bona - Campbell, Bona under callgrind, the
@@ -21,7 +21,7 @@
 # zeroed once it is ready and dumped when the load is over. About a minute per binary.
 #
 # Environment: DURATION (seconds of load, 10), PORT_BASE (first of four ports, 17150),
-# SKIP_BUILD=1 (use the release binary as it is). Needs valgrind (`apt-get install
+# SKIP_BUILD=1 (use the release binaries as they are). Needs valgrind (`apt-get install
 # valgrind`). Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ ADDR=127.0.0.1:$PORT_BASE
 BAILEY_ADDR=127.0.0.1:$((PORT_BASE + 1))
 BONA_ADDR=127.0.0.1:$((PORT_BASE + 2))
 CAMPBELL_ADDR=127.0.0.1:$((PORT_BASE + 3))
-LOAD=target/release/herd
+LOAD=target/release/herd-bench
 
 if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
     echo "valgrind (with callgrind_control) is needed: apt-get install valgrind" >&2
@@ -40,7 +40,7 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null
 fi
 BINS=("$@")
 if [[ ${#BINS[@]} == 0 ]]; then
-    BINS=("$LOAD")
+    BINS=(target/release/herd)
 fi
 
 SCRIPT=instructions START_WAIT_S=30
@@ -54,7 +54,7 @@ herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \
 
 # load ADDR: the IAMAT load, as JSON.
 load() {
-    timeout $((DURATION + 60)) "$LOAD" bench iamat --addr "$1" --conns 50 --duration "$DURATION" \
+    timeout $((DURATION + 60)) "$LOAD" iamat --addr "$1" --conns 50 --duration "$DURATION" \
         --json
 }
 
@@ -105,7 +105,7 @@ chain() {
         pid[$server]=$LAST_PID
     done
     # The links are up once a record sent to one end is known at the other.
-    "$LOAD" bench flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 60 \
+    "$LOAD" flood --send "$BAILEY_ADDR" --watch "$CAMPBELL_ADDR" --count 1 --timeout 60 \
         --json >/dev/null
     callgrind_control --zero "${pid[$traced]}" >/dev/null 2>&1
     local log=$TMP/logs/Campbell.log before json
@@ -128,10 +128,10 @@ chain() {
     report "$name" "$count" "$(instructions "$tag")"
 }
 
-echo "user-space instructions under callgrind, ${DURATION}s of herd bench iamat --conns 50"
+echo "user-space instructions under callgrind, ${DURATION}s of herd-bench iamat --conns 50"
 echo "per IAMAT at one server (the echo reference: per line):"
 printf '  %-32s %9s %14s %10s\n' server requests instructions per-request
-one_server echo echo "$LOAD" bench echo-server --addr "$ADDR"
+one_server echo echo "$LOAD" echo-server --addr "$ADDR"
 ECHO=$PER_REQUEST
 for i in "${!BINS[@]}"; do
     rm -rf "$TMP/logs"

@@ -7,9 +7,9 @@
 #
 #   bash bench/repeat.sh [RUNS]        # RUNS defaults to 3; about 3-5 minutes each
 #
-# The environment is passed on to compare.sh (QUICK=1, DETAIL=1, ...); the release binary is
-# built once, by the first run. Each run's whole output is kept in a directory under /tmp,
-# named at the end.
+# The environment is passed on to compare.sh (QUICK=1, DETAIL=1, ...); the release binaries
+# (herd and herd-bench) are built once, by the first run. Each run's whole output is kept in
+# a directory under /tmp, named at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,7 @@ for run in $(seq "$RUNS"); do
         echo "  compare.sh failed (exit $status); its output: $OUT/run$run.txt"
     fi
     sed -n '/^== against issue 4/,$p' "$OUT/run$run.txt" | tail -n +2
-    # The first run built the binary the others use.
+    # The first run built the binaries the others use.
     export SKIP_BUILD=1
 done
 

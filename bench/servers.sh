@@ -55,10 +55,11 @@ herd_config() {
     done
 }
 
-# build_release: builds the release binary, unless SKIP_BUILD=1 asks to use it as it is.
+# build_release: builds the release binaries, the server (target/release/herd) and the
+# load tool (target/release/herd-bench), unless SKIP_BUILD=1 asks to use them as they are.
 build_release() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-        cargo build --release --quiet
+        cargo build --release --quiet -p herd -p herd-bench
     fi
 }
 

@@ -34,7 +34,7 @@ ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-50}
 PORT_BASE=${PORT_BASE:-17250}
-LOAD=target/release/herd
+LOAD=target/release/herd-bench
 
 SCRIPT=side_by_side
 # shellcheck source=bench/servers.sh
@@ -69,7 +69,7 @@ up() {
             -c "$TMP/$side.toml"
     done
     # The links are up once a record sent to one end is known at the other.
-    "$LOAD" bench flood --send "127.0.0.1:$base" --watch "127.0.0.1:$((base + 2))" --count 1 \
+    "$LOAD" flood --send "127.0.0.1:$base" --watch "127.0.0.1:$((base + 2))" --count 1 \
         --timeout 15 --json >/dev/null
     LOADED=127.0.0.1:$((base + 1))
 }
@@ -87,10 +87,10 @@ for round in $(seq "$ROUNDS"); do
     addr_first=$LOADED
     up "${second[1]}" "${second[0]}" $((PORT_BASE + 3))
     addr_second=$LOADED
-    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" bench iamat --addr "$addr_first" \
+    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" iamat --addr "$addr_first" \
         --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${first[1]}.json" &
     load_first=$!
-    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" bench iamat --addr "$addr_second" \
+    timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" iamat --addr "$addr_second" \
         --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${second[1]}.json" &
     load_second=$!
     wait "$load_first" "$load_second"

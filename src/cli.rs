@@ -1,4 +1,4 @@
-//! The `herd` command line: `run`, `up`, `check` and `bench`.
+//! The `herd` command line: `run`, `up` and `check`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,6 @@ enum Command {
         #[arg(short, long, default_value = "herd.toml")]
         config: PathBuf,
     },
-    /// Measure a running server: load, propagation, memory.
-    Bench(crate::bench::BenchArgs),
 }
 
 impl Cli {
@@ -65,7 +63,6 @@ impl Cli {
                 println!("{}: ok\n{herd}", config.display());
                 Ok(())
             }
-            Command::Bench(args) => crate::bench::run(args),
         }
     }
 }

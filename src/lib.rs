@@ -12,8 +12,6 @@
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
 //! - [`places_new`]: Places API (New): its request, and its answer mapped to the legacy shape.
-//! - [`places_server`]: a local HTTP server that plays the places API, for tests (`herd
-//!   bench whatsat` has a leaner one of its own, [`bench::http`]).
 //! - [`config`]: `herd.toml`, environment overrides and validation.
 //! - [`descriptors`]: the open-file budget, and the cap on clients it allows.
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
@@ -22,13 +20,15 @@
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.
-//! - [`mod@bench`]: `herd bench`, tools that measure a running server (load, propagation, memory).
+//!
+//! Beside this crate in the workspace: `herd-bench` (`bench/`), the tools that measure a
+//! running server from outside, and `places-fake` (`places-fake/`), the local places API
+//! that the tests call.
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod answer_cache;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod descriptors;
@@ -36,7 +36,6 @@ pub mod line;
 pub mod node;
 pub mod places_json;
 pub mod places_new;
-pub mod places_server;
 pub mod protocol;
 pub mod record_table;
 pub mod server_log;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::herds::free_port;
 use common::process::{HERD, Running, spawn_listening};
-use herd::places_server::{PlacesServer, Reply};
+use places_fake::{PlacesServer, Reply};
 
 const KEY: &str = "secret-test-key-4f9a";
 

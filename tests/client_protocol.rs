@@ -13,7 +13,7 @@ use common::{
     API_KEY, IO_TIMEOUT, MAX_LINE_BYTES, PLACES_TIMEOUT, SERVER, TestNode, eventually, within,
 };
 use herd::actors::places_proxy::ApiKey;
-use herd::places_server::{PlacesServer, Reply, Request};
+use places_fake::{PlacesServer, Reply, Request};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

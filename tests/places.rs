@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Client, IO_TIMEOUT, MAX_LINE_BYTES, TestNode, one_node_config_with};
 use herd::actors::places_proxy::ApiKey;
-use herd::places_server::{PlacesServer, Reply};
+use places_fake::{PlacesServer, Reply};
 
 const NEW_OK: &str = include_str!("fixtures/places/new_ok.json");
 const LEGACY_OK: &str = include_str!("fixtures/places/legacy_ok.json");

@@ -37,7 +37,7 @@ use std::time::Duration;
 use herd::actors::places_proxy::ApiKey;
 use herd::config::HerdConfig;
 use herd::node::{Node, StartError};
-use herd::places_server::PlacesServer;
+use places_fake::PlacesServer;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -3,7 +3,8 @@
 //! - One server: a test (inside `#[actix_rt::test]`) starts a real one-node herd in-process
 //!   on port 0 ([`TestNode::start`]), talks to it over raw TCP with a [`Client`], and reads
 //!   the server's log file after [`TestNode::stop`]. The places API is played by
-//!   `herd::places_server::PlacesServer`, whose URL is handed to [`TestNode::start`].
+//!   `places_fake::PlacesServer` (the `places-fake` crate), whose URL is handed to
+//!   [`TestNode::start`].
 //! - Whole herds of any shape, servers stopped and restarted: [`herds`].
 //! - The `herd` binary itself, for the tests of its command line: [`process`].
 //!

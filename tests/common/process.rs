@@ -1,5 +1,5 @@
-//! The `herd` binary as a child process, for the tests of the command line and of `herd
-//! bench`: started, its address read from what it prints, and killed if a test ends first.
+//! The `herd` binary as a child process, for the tests of the command line: started, its
+//! address read from what it prints, and killed if a test ends first.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +25,7 @@ impl Running {
 }
 
 /// Starts `command` with its standard output piped, and returns it with the address of its
-/// first line, `NAME listening on ADDR ...` (a server's, or `bench echo-server`'s).
+/// first line, `NAME listening on ADDR ...`.
 pub fn spawn_listening(command: &mut Command) -> (Running, String) {
     let mut child = Running(command.stdout(Stdio::piped()).spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();

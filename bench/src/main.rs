@@ -1,12 +1,16 @@
-//! `herd bench`: tools that measure a running server from the outside.
+//! `herd-bench`: tools that measure a running herd server from the outside, as
+//! redis-benchmark does redis-server.
 //!
 //! Each subcommand is a client (or, for `echo-server`, a reference server) that talks to a
-//! server over TCP exactly as phones do, so it measures any implementation of the line
-//! protocol of `../shared/SPEC.md`, not just this one. The load runs on one tokio
-//! current-thread runtime: the load generator is meant to be pinned to one core
-//! (`taskset -c 1`, see `bench/compare.sh`) and needs no actix system. The places server
-//! `whatsat` starts has a thread and runtime of its own (on the same core under
+//! server over TCP exactly as phones do, so it measures any implementation of the herd's
+//! line protocol, not just this one (it shares no code with the `herd` crate). The load
+//! runs on one tokio current-thread runtime: the load generator is meant to be pinned to
+//! one core (`taskset -c 1`, see `bench/compare.sh`) and needs no actix system. The places
+//! server `whatsat` starts has a thread and runtime of its own (on the same core under
 //! `compare.sh`).
+//!
+//! Built with `cargo build --release -p herd-bench` (or `--workspace`), it is
+//! `target/release/herd-bench`, where the scripts of `bench/` look for it.
 //!
 //! - [`iamat`]: closed-loop IAMAT load; throughput and latency percentiles.
 //! - [`flood`]: how fast IAMATs sent to one server become known at another.
@@ -39,13 +43,22 @@ pub mod stats;
 pub mod whatsat;
 
 use std::fmt;
+use std::io::Write as _;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-/// `herd bench`: measure a running server: load, propagation, memory.
-#[derive(Debug, Args)]
+/// The allocator the server uses too (mimalloc without transparent huge pages, see the
+/// `herd` binary): the load generator's own allocations stay as cheap as when these tools
+/// were a subcommand of `herd`, so its figures compare with earlier runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Measure a running herd server from outside: load, propagation, memory.
+#[derive(Debug, Parser)]
+#[command(name = "herd-bench", version, about)]
 pub struct BenchArgs {
     #[command(subcommand)]
     command: BenchCommand,
@@ -75,7 +88,20 @@ pub struct Output {
     pub json: bool,
 }
 
-/// Runs `herd bench ...` on a current-thread tokio runtime.
+/// An error ends the process with one line that says what went wrong and why (the chain of
+/// causes joined), never a backtrace.
+fn main() -> ExitCode {
+    match run(BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed standard error must not turn the exit into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `herd-bench ...` on a current-thread tokio runtime.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

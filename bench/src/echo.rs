@@ -1,4 +1,4 @@
-//! `herd bench echo-server`: the physical-limit reference. A minimal line server that
+//! `herd-bench echo-server`: the physical-limit reference. A minimal line server that
 //! answers every line with a line of the same length, so that a load run against it
 //! measures what the machine, the kernel's TCP and the load tool cost, and nothing else.
 //!
@@ -26,7 +26,7 @@ const MAX_LINE: usize = 1024 * 1024;
 /// How long to wait after a failed accept (out of file descriptors, say).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// `herd bench echo-server`.
+/// `herd-bench echo-server`.
 #[derive(Debug, clap::Args)]
 pub struct EchoArgs {
     /// Where to listen, IP:PORT (port 0: any free port; the address is printed).

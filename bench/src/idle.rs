@@ -1,4 +1,4 @@
-//! `herd bench idle`: the server's memory per idle client connection.
+//! `herd-bench idle`: the server's memory per idle client connection.
 //!
 //! Reads the server's resident set size (`VmRSS` of `--pid`), opens `--conns` connections
 //! that send nothing, and checks that they are live, not just queued in the kernel's
@@ -29,7 +29,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
-/// `herd bench idle`.
+/// `herd-bench idle`.
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
     /// The server's client address, HOST:PORT.
@@ -52,7 +52,7 @@ pub struct IdleArgs {
     pub output: Output,
 }
 
-/// The result of `herd bench idle`.
+/// The result of `herd-bench idle`.
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
     /// `"idle"`.
@@ -77,7 +77,7 @@ pub struct IdleReport {
     pub sampled: u32,
 }
 
-/// Runs `herd bench idle`.
+/// Runs `herd-bench idle`.
 pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let rss_before_kib = mem::vm_rss_kib_of(args.pid)?;
     let opened = Arc::new(AtomicU64::new(0));

@@ -1,4 +1,4 @@
-//! `herd bench records`: the server's memory per stored client record.
+//! `herd-bench records`: the server's memory per stored client record.
 //!
 //! Reads the server's resident set size (`VmRSS` of `--pid`), sends `--count` IAMATs for
 //! distinct clients (ids like `r1a2b3c4d-123456`, about as long as `kiwi.cs.ucla.edu`),
@@ -18,7 +18,7 @@ use super::burst::{self, Burst};
 use super::stats::round3;
 use super::{Output, mem, progress, report};
 
-/// `herd bench records`.
+/// `herd-bench records`.
 #[derive(Debug, clap::Args)]
 pub struct RecordsArgs {
     /// The server's client address, HOST:PORT.
@@ -44,7 +44,7 @@ pub struct RecordsArgs {
     pub output: Output,
 }
 
-/// The result of `herd bench records`.
+/// The result of `herd-bench records`.
 #[derive(Debug, Serialize)]
 pub struct RecordsReport {
     /// `"records"`.
@@ -75,7 +75,7 @@ pub struct RecordsReport {
     pub first_error: Option<String>,
 }
 
-/// Runs `herd bench records`.
+/// Runs `herd-bench records`.
 pub async fn run(args: RecordsArgs) -> anyhow::Result<()> {
     let rss_before_kib = mem::vm_rss_kib_of(args.pid)?;
     let prefix = format!("r{}", super::run_tag());

@@ -1,10 +1,10 @@
-//! `herd bench whatsat`: the latency a herd server adds to a places call.
+//! `herd-bench whatsat`: the latency a herd server adds to a places call.
 //!
 //! The tool starts a fast local places server on `--places-addr` that answers every request
-//! with a legacy Nearby Search answer (`tests/fixtures/places/legacy_ok.json`). The herd
-//! server under test must have been started with that URL (`HERD_PLACES__URL`), a key
-//! (`GOOGLE_PLACES_API_KEY`, any value) and, for a real call per WHATSAT, its answer cache
-//! off (`HERD_PLACES__CACHE_TTL_S=0`). The tool then
+//! with a legacy Nearby Search answer (the herd's `tests/fixtures/places/legacy_ok.json`).
+//! The herd server under test must have been started with that URL (`HERD_PLACES__URL`),
+//! a key (`GOOGLE_PLACES_API_KEY`, any value) and, for a real call per WHATSAT, its answer
+//! cache off (`HERD_PLACES__CACHE_TTL_S=0`). The tool then
 //!
 //! 1. reports one client per connection (IAMAT, a distinct position each, so that no two
 //!    connections' searches can share a call), and checks with one WHATSAT that the server
@@ -34,7 +34,7 @@ use super::{Output, Stamp, progress, report};
 /// What the local places server answers: a real legacy Nearby Search answer.
 const PLACES_ANSWER: &str = include_str!("../../tests/fixtures/places/legacy_ok.json");
 
-/// `herd bench whatsat`.
+/// `herd-bench whatsat`.
 #[derive(Debug, clap::Args)]
 pub struct WhatsatArgs {
     /// The herd server's client address, HOST:PORT.
@@ -67,7 +67,7 @@ pub struct Added {
     pub p99: i64,
 }
 
-/// The result of `herd bench whatsat`.
+/// The result of `herd-bench whatsat`.
 #[derive(Debug, Serialize)]
 pub struct WhatsatReport {
     /// `"whatsat"`.
@@ -98,7 +98,7 @@ pub struct WhatsatReport {
     pub first_error: Option<String>,
 }
 
-/// Runs `herd bench whatsat`.
+/// Runs `herd-bench whatsat`.
 pub async fn run(args: WhatsatArgs) -> anyhow::Result<()> {
     let places = PlacesResponder::start(&args.places_addr, PLACES_ANSWER)?;
     let hint = format!(

@@ -1,4 +1,4 @@
-//! The local places server `herd bench whatsat` starts, and the client that calls it
+//! The local places server `herd-bench whatsat` starts, and the client that calls it
 //! directly for the baseline.
 //!
 //! The server is a tiny HTTP/1.1 responder on a fixed address (so a herd server can be
@@ -7,6 +7,13 @@
 //! requests answered in order) and counts them. The client sends one GET at a time on one
 //! keep-alive connection and reads the whole response (`Content-Length` framing, which is
 //! all the server ever sends).
+//!
+//! It is not the tests' `places-fake` (hyper's server), on purpose: the direct GETs are the
+//! baseline the herd's latency is measured against, so the places server must cost as
+//! little as it can. Measured with this client, one process on one core, 2 s per run, three
+//! runs each: one connection's median 19-21 us here against 22-25 us with `places-fake`, and
+//! 10-25% more requests a second (with 8 connections, a median of 147-155 us against
+//! 167-198 us); `places-fake` also keeps every request it gets, ~80,000 in two seconds.
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! `herd bench iamat`: closed-loop IAMAT load. Each connection writes a batch of
+//! `herd-bench iamat`: closed-loop IAMAT load. Each connection writes a batch of
 //! `--pipeline` IAMATs (a distinct client for every request), waits for all their answers,
 //! and goes again until the time is up. A request's latency runs from the write of its batch
 //! to the arrival of its answer; an answer that is not an `AT ` line is an error.
@@ -15,7 +15,7 @@ use super::conn::{Conn, Framing, Kind, POSITION, closed_loop};
 use super::stats::{Load, Recorder, round3};
 use super::{Output, Stamp, progress, report};
 
-/// `herd bench iamat`.
+/// `herd-bench iamat`.
 #[derive(Debug, clap::Args)]
 pub struct IamatArgs {
     /// The server's client address, HOST:PORT.
@@ -35,7 +35,7 @@ pub struct IamatArgs {
     pub output: Output,
 }
 
-/// The result of `herd bench iamat`.
+/// The result of `herd-bench iamat`.
 #[derive(Debug, Serialize)]
 pub struct IamatReport {
     /// `"iamat"`.
@@ -57,7 +57,7 @@ pub struct IamatReport {
     pub first_error: Option<String>,
 }
 
-/// Runs `herd bench iamat`.
+/// Runs `herd-bench iamat`.
 pub async fn run(args: IamatArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
     report::emit(args.output.json, &report, || {

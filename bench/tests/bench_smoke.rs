@@ -1,21 +1,73 @@
-//! Smoke tests of `herd bench`: each subcommand runs, briefly and lightly, against the echo
+//! Smoke tests of `herd-bench`: each subcommand runs, briefly and lightly, against the echo
 //! reference or a real `herd run` node, and its `--json` result must make sense (answers
 //! counted, no errors, percentiles in order). No timing is asserted: these only fail when
 //! the tool is broken.
+//!
+//! The binaries: `herd-bench` is this package's own (`CARGO_BIN_EXE_herd-bench`); `herd` is
+//! another package's, so cargo names no path for it here, and it is taken from beside
+//! `herd-bench`, in the same target directory and profile (`target/debug/herd`).
+//! `cargo test --workspace`, as CI runs it, builds it there first (the herd's own tests
+//! need it); `cargo test -p herd-bench` alone does not, so run `cargo build -p herd` before
+//! it, or the tests use whatever `herd` was built last (and fail, saying so, if none was).
 
-mod common;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
-use common::process::{HERD, Running, spawn_listening};
 use serde_json::Value;
 
-/// Starts `herd ARGS` and returns it with the address of its first `... listening on ADDR`
-/// line.
-fn start(args: &[&str], dir: &Path) -> (Running, String) {
+/// The binary under test.
+const HERD_BENCH: &str = env!("CARGO_BIN_EXE_herd-bench");
+
+/// The `herd` binary of the same build, beside [`HERD_BENCH`].
+fn herd() -> PathBuf {
+    let herd =
+        Path::new(HERD_BENCH).with_file_name(format!("herd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        herd.is_file(),
+        "no herd binary at {}: run `cargo test --workspace`, or `cargo build -p herd` first",
+        herd.display()
+    );
+    herd
+}
+
+/// A child process, killed when dropped (a failed test leaves no server behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Its process id, as text for `--pid`.
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+/// Starts `command` with its standard output piped, and returns it with the address of its
+/// first line, `NAME listening on ADDR ...` (a herd server's, or `echo-server`'s).
+fn spawn_listening(command: &mut Command) -> (Running, String) {
+    let mut child = Running(command.stdout(Stdio::piped()).spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Starts `PROGRAM ARGS` (`herd` or `herd-bench`) and returns it with the address of its
+/// first `... listening on ADDR` line.
+fn start(program: &Path, args: &[&str], dir: &Path) -> (Running, String) {
     spawn_listening(
-        Command::new(HERD)
+        Command::new(program)
             .args(args)
             .current_dir(dir)
             .env_remove("GOOGLE_PLACES_API_KEY")
@@ -31,7 +83,7 @@ fn start_clark(dir: &Path, places_url: &str, key: Option<&str>) -> (Running, Str
         dir.join("logs").display()
     );
     std::fs::write(dir.join("herd.toml"), config).unwrap();
-    let mut command = Command::new(HERD);
+    let mut command = Command::new(herd());
     command
         .args(["run", "Clark", "-c", "herd.toml"])
         .current_dir(dir)
@@ -43,10 +95,9 @@ fn start_clark(dir: &Path, places_url: &str, key: Option<&str>) -> (Running, Str
     spawn_listening(&mut command)
 }
 
-/// Runs `herd bench ARGS --json`, which must succeed, and parses its one JSON line.
+/// Runs `herd-bench ARGS --json`, which must succeed, and parses its one JSON line.
 fn bench(args: &[&str]) -> Value {
-    let out = Command::new(HERD)
-        .arg("bench")
+    let out = Command::new(HERD_BENCH)
         .args(args)
         .arg("--json")
         .output()
@@ -55,7 +106,7 @@ fn bench(args: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "herd bench {args:?} failed: {stderr}{stdout}"
+        "herd-bench {args:?} failed: {stderr}{stdout}"
     );
     assert_eq!(
         stdout.lines().count(),
@@ -92,7 +143,8 @@ fn assert_sound_latency(latency: &Value) {
 fn iamat_load_against_the_echo_reference() {
     let dir = tempfile::tempdir().unwrap();
     let (_echo, addr) = start(
-        &["bench", "echo-server", "--addr", "127.0.0.1:0"],
+        Path::new(HERD_BENCH),
+        &["echo-server", "--addr", "127.0.0.1:0"],
         dir.path(),
     );
     let result = bench(&["iamat", "--addr", &addr, "--conns", "2", "--duration", "1"]);
@@ -172,9 +224,9 @@ fn flood_watches_as_a_neighbor_taking_records_off_the_servers_link() {
         dir.path().join("logs").display()
     );
     std::fs::write(dir.path().join("herd.toml"), config).unwrap();
-    let (_server, addr) = start(&["run", "Clark", "-c", "herd.toml"], dir.path());
+    let (_server, addr) = start(&herd(), &["run", "Clark", "-c", "herd.toml"], dir.path());
 
-    // `herd bench flood` watching Clark as its neighbor Watcher, with `more` options.
+    // `herd-bench flood` watching Clark as its neighbor Watcher, with `more` options.
     let as_neighbor = |more: &[&str]| {
         let args = [
             "flood", "--send", &addr, "--watch", &addr, "--listen", &watcher,
@@ -236,9 +288,8 @@ fn whatsat_load_measures_the_herd_against_its_own_places_server() {
 fn whatsat_says_how_to_start_a_server_that_does_not_call_it() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr) = start_clark(dir.path(), "http://127.0.0.1:9/nearby", None);
-    let out = Command::new(HERD)
+    let out = Command::new(HERD_BENCH)
         .args([
-            "bench",
             "whatsat",
             "--addr",
             &addr,

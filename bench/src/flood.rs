@@ -1,4 +1,4 @@
-//! `herd bench flood`: how fast a record sent to one server (`--send`) becomes known at
+//! `herd-bench flood`: how fast a record sent to one server (`--send`) becomes known at
 //! another (`--watch`), typically a few hops away.
 //!
 //! - Burst (the default): `--count` IAMATs for distinct clients go to the sending server
@@ -42,7 +42,7 @@ use super::{Output, Stamp, progress, report};
 /// How long to pause between two polling rounds of a burst that learned nothing new.
 const IDLE_POLL_PAUSE: Duration = Duration::from_millis(1);
 
-/// `herd bench flood`.
+/// `herd-bench flood`.
 #[derive(Debug, clap::Args)]
 pub struct FloodArgs {
     /// The server the IAMATs go to, HOST:PORT.
@@ -155,7 +155,7 @@ pub struct RateReport {
     pub first_error: Option<String>,
 }
 
-/// Runs `herd bench flood`.
+/// Runs `herd-bench flood`.
 pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     match args.rate {
         None => run_burst(&args).await,
