@@ -2,7 +2,7 @@
 //!
 //! It always answers, and always with JSON in the legacy Nearby Search shape: the API's own
 //! answer (the legacy one as it came, the New one mapped) with `results` cut to the bound,
-//! or, when the call fails (no key, timeout, HTTP error, a body that is not JSON), an object
+//! or, when the call fails (timeout, HTTP error, a body that is not JSON), an object
 //! in the API's error shape saying what went wrong.
 //!
 //! Each call costs the user money, so it asks once for the most places any WHATSAT can want
@@ -22,11 +22,12 @@ use std::time::Instant;
 use actix::prelude::*;
 use awc::error::PayloadError;
 use log::{debug, warn};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::answer_cache::{AnswerCache, SearchKey};
 use crate::config::{PlacesApi, PlacesConfig};
-use crate::places_json::{self, BadAnswer, REQUEST_DENIED, UNKNOWN_ERROR};
+use crate::places_json::{self, BadAnswer, UNKNOWN_ERROR};
 use crate::places_new;
 use crate::protocol::{Degrees, MAX_BOUND, Radius};
 
@@ -77,7 +78,9 @@ pub struct PlacesProxy {
     client: awc::Client,
     /// Which API, where, and the limits on calling it.
     settings: PlacesConfig,
-    /// The key, if the server has one; without it every search answers `REQUEST_DENIED`.
+    /// The key, if the server has one. Without it calls go without one: Google refuses
+    /// them (`REQUEST_DENIED`), a places service that needs none (a local fake, a proxy that
+    /// adds the key) answers.
     key: Option<ApiKey>,
     /// Answers worth reusing, by position, radius and API.
     cache: AnswerCache,
@@ -117,13 +120,8 @@ impl PlacesProxy {
     }
 
     /// Starts the call for `search` and hands its answer to everyone waiting for it.
-    fn call(
-        &mut self,
-        search: NearbySearch,
-        search_key: SearchKey,
-        key: ApiKey,
-        ctx: &mut Context<Self>,
-    ) {
+    fn call(&mut self, search: NearbySearch, search_key: SearchKey, ctx: &mut Context<Self>) {
+        let key = self.key.clone();
         let client = self.client.clone();
         let (api, url, timeout) = (
             self.settings.api,
@@ -135,7 +133,7 @@ impl PlacesProxy {
         let call = async move {
             let work = async {
                 let _slot = call_slots.acquire().await.map_err(|e| e.to_string())?;
-                fetch(&client, api, &url, &search, &key).await
+                fetch(&client, api, &url, &search, key.as_ref()).await
             };
             tokio::time::timeout(timeout, work)
                 .await
@@ -156,7 +154,10 @@ impl PlacesProxy {
                     json
                 }
                 Err(error) => {
-                    let error = scrub_key.scrub(&error);
+                    let error = match &scrub_key {
+                        Some(key) => key.scrub(&error),
+                        None => error,
+                    };
                     warn!(target: LOG_TARGET, "NearbySearch failed: {error}");
                     Arc::from(places_json::error_answer(UNKNOWN_ERROR, &error))
                 }
@@ -175,7 +176,7 @@ async fn fetch(
     api: PlacesApi,
     url: &str,
     search: &NearbySearch,
-    key: &ApiKey,
+    key: Option<&ApiKey>,
 ) -> Result<Arc<str>, String> {
     let Degrees {
         latitude,
@@ -184,19 +185,26 @@ async fn fetch(
     let sent = match api {
         PlacesApi::Legacy => {
             let separator = if url.contains('?') { '&' } else { '?' };
-            let url = format!(
-                "{url}{separator}location={latitude},{longitude}&radius={}&key={}",
+            let mut url = format!(
+                "{url}{separator}location={latitude},{longitude}&radius={}",
                 search.radius.metres(),
-                percent_encode(&key.0)
             );
+            if let Some(key) = key {
+                let key = utf8_percent_encode(&key.0, QUERY_VALUE);
+                url.push_str(&format!("&key={key}"));
+            }
             client.get(url).send()
         }
-        PlacesApi::New => client
-            .post(url)
-            .insert_header(("X-Goog-Api-Key", key.0.as_str()))
-            .insert_header(("X-Goog-FieldMask", places_new::FIELD_MASK))
-            .content_type("application/json")
-            .send_body(places_new::request_body(&search.position, &search.radius)),
+        PlacesApi::New => {
+            let mut request = client.post(url);
+            if let Some(key) = key {
+                request = request.insert_header(("X-Goog-Api-Key", key.0.as_str()));
+            }
+            request
+                .insert_header(("X-Goog-FieldMask", places_new::FIELD_MASK))
+                .content_type("application/json")
+                .send_body(places_new::request_body(&search.position, &search.radius))
+        }
     };
     let mut response = sent.await.map_err(|e| e.to_string())?;
     let status = response.status();
@@ -258,13 +266,6 @@ impl Handler<NearbySearch> for PlacesProxy {
             longitude,
         } = search.position;
         let bound = usize::from(search.bound);
-        let Some(key) = self.key.clone() else {
-            debug!(target: LOG_TARGET, "NearbySearch {latitude},{longitude}: no key");
-            let message = format!("no API key: set {API_KEY_VAR} where the server starts");
-            return Box::pin(async move {
-                PlacesAnswer(places_json::error_answer(REQUEST_DENIED, &message))
-            });
-        };
         let search_key = SearchKey::new(search.position, &search.radius, self.settings.api);
         let cached = self.cache.get(&search_key, Instant::now());
         let how = match (&cached, self.in_flight.contains_key(&search_key)) {
@@ -285,7 +286,7 @@ impl Handler<NearbySearch> for PlacesProxy {
             Entry::Occupied(mut waiting) => waiting.get_mut().push(waiter),
             Entry::Vacant(none) => {
                 none.insert(vec![waiter]);
-                self.call(search, search_key, key, ctx);
+                self.call(search, search_key, ctx);
             }
         }
         Box::pin(async move {
@@ -305,22 +306,17 @@ fn cut(json: &str, bound: usize) -> String {
     places_json::cut_checked(json, bound).into_owned()
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters, for a query value.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What a query value percent-encodes: everything but RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::places_json::REQUEST_DENIED;
     use places_fake::{PlacesServer, Reply};
     use std::time::Duration;
 
@@ -665,13 +661,22 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn without_a_key_no_call_is_made_and_the_answer_is_request_denied() {
+    async fn without_a_key_the_call_goes_without_one_and_the_api_decides() {
+        // A places service that needs no key answers.
         let server = PlacesServer::always(LEGACY_OK).unwrap();
         let places = proxy(&server, 5000, None);
         let v = json(&places.send(search(5)).await.unwrap());
+        assert_eq!(v["status"], "OK");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].query("key"), None);
+        assert!(requests[0].query("location").is_some());
+        // Google refuses it, and its refusal is passed on.
+        let denied = include_str!("../tests/fixtures/places/legacy_request_denied.json");
+        let server = PlacesServer::always(denied).unwrap();
+        let places = proxy(&server, 5000, None);
+        let v = json(&places.send(search(5)).await.unwrap());
         assert_eq!(v["status"], REQUEST_DENIED);
-        assert!(v["error_message"].as_str().unwrap().contains(API_KEY_VAR));
-        assert!(server.requests().is_empty());
     }
 
     #[test]
@@ -686,7 +691,8 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode("AIza_b-c.d~e"), "AIza_b-c.d~e");
-        assert_eq!(percent_encode("a b&c=d"), "a%20b%26c%3Dd");
+        let encode = |value| utf8_percent_encode(value, QUERY_VALUE).to_string();
+        assert_eq!(encode("AIza_b-c.d~e"), "AIza_b-c.d~e");
+        assert_eq!(encode("a b&c=d"), "a%20b%26c%3Dd");
     }
 }

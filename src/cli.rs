@@ -79,8 +79,8 @@ fn serve(mut herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     if key.is_none() {
         let _ = writeln!(
             std::io::stderr(),
-            "warning: {API_KEY_VAR} is not set: WHATSAT will answer with REQUEST_DENIED \
-             from the places API's error shape"
+            "warning: {API_KEY_VAR} is not set: places calls go without a key, which \
+             Google refuses (WHATSAT then answers its REQUEST_DENIED)"
         );
     }
     actix_rt::System::new().block_on(async move {

@@ -153,7 +153,10 @@ impl Node {
             log.note(None, format!("{name} accepting herd links on {peer_addr}"));
         }
         if key.is_none() {
-            log.note(None, "no places API key: WHATSAT answers REQUEST_DENIED");
+            log.note(
+                None,
+                "no places API key: places calls go without one (Google refuses them)",
+            );
         }
 
         let me: Arc<str> = Arc::from(name);
