@@ -8,11 +8,11 @@
 //! known, and the filled slots at the front go to the socket together.
 //!
 //! An IAMAT's answer waits for the store to say its links took the record (flood before
-//! reply, SPEC section 2), unless the server has no link that could have to take it.
+//! reply, docs/PROTOCOL.md), unless the server has no link that could have to take it.
 //!
 //! A connection whose first line is `PEER <Name>` from a configured neighbor becomes the
 //! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
-//! from that neighbor, and get no answer (SPEC section 3). Having none, they take no slot
+//! from that neighbor, and get no answer (the herd protocol). Having none, they take no slot
 //! and wait for nothing: the link is read as fast as the store takes its records. Client
 //! commands on it are invalid: a link carries records one way.
 //!
@@ -99,7 +99,7 @@ pub struct SessionSettings {
     /// (none on the client address when the server has a separate `peer_addr`).
     pub neighbors: Arc<[Arc<str>]>,
     /// All the server's neighbors, whose links must take a record before its answer goes
-    /// out (SPEC section 2): with none (but the one a record came from), answers need not
+    /// out (flood before reply): with none (but the one a record came from), answers need not
     /// wait for the store.
     pub links: Arc<[Arc<str>]>,
     /// Every server of the herd: a neighbor's record stamped by any other is refused.
@@ -328,7 +328,7 @@ impl ClientSession {
         };
         let slot = self.reserve_slot();
         match command {
-            // A link opens with the hello (SPEC section 3): not a client's connection that
+            // A link opens with the hello: not a client's connection that
             // has already sent lines.
             Command::Hello(hello) if self.peer.is_none() && slot == 0 => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);

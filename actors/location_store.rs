@@ -1,6 +1,6 @@
 //! The `LocationStore` actor: the one owner of the client records.
 //!
-//! Records only ever change here, one message at a time, so "newer wins" (SPEC section 3)
+//! Records only ever change here, one message at a time, so "newer wins" (docs/PROTOCOL.md)
 //! needs no lock. What it stores it publishes to its subscribers (the `PeerLink`s, which
 //! flood it to the neighbors), and it answers a [`Store`] only once every subscriber has
 //! taken the record: that is how a client's AT answer comes after the record went out on

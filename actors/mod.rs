@@ -1,4 +1,4 @@
-//! The actors of one server and their typed messages, one module per actor (SPEC section 8).
+//! The actors of one server and their typed messages, one module per actor.
 //!
 //! - [`client_session::ClientSession`]: one per client TCP connection; reads lines, answers
 //!   them in order.

@@ -1,4 +1,5 @@
-//! The `PeerLink` actor: this server's outgoing link to one neighbor (SPEC section 3).
+//! The `PeerLink` actor: this server's outgoing link to one neighbor (docs/PROTOCOL.md,
+//! the herd protocol).
 //!
 //! It dials the neighbor, says `PEER <me>`, sends every record the store holds, then every
 //! record stored from then on (except those that came from that neighbor). It notices a

@@ -1,4 +1,4 @@
-//! `herd.toml`: reading, environment overrides and validation (SPEC section 5).
+//! `herd.toml`: reading, environment overrides and validation.
 //!
 //! The file is read with the `config` crate into plain serde structs, then checked as a
 //! whole; every refusal is a [`ConfigError`] whose message names the problem, so that a
@@ -30,7 +30,7 @@ const DEFAULT_MAX_CONCURRENT: usize = 16;
 /// How long a places call may take by default, headers and body together.
 const DEFAULT_PLACES_TIMEOUT_MS: u64 = 5000;
 
-/// The default longest client line, in bytes (SPEC section 2).
+/// The default longest client line, in bytes.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8192;
 
 /// How far ahead of the server's clock a client's time may be by default, in seconds.

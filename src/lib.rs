@@ -2,7 +2,7 @@
 //!
 //! Phones report their position (IAMAT) to any server; any server answers "what is near
 //! client X?" (WHATSAT) by calling a places API around the client's last position.
-//! `../shared/SPEC.md` is the contract; the README says how to run it.
+//! docs/PROTOCOL.md describes the protocol; the README says how to run it.
 //!
 //! Where things live:
 //!

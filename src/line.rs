@@ -1,7 +1,7 @@
 //! Cutting a byte stream into lines, with a length limit that never ends the stream.
 //!
 //! tokio-util's `LinesCodec` stops decoding after a line that is too long and insists on
-//! UTF-8; SPEC section 2 wants the too-long line answered with its first bytes, the rest of it
+//! UTF-8; the protocol wants the too-long line answered with its first bytes, the rest of it
 //! skipped and the connection kept, and bytes that are not UTF-8 answered, not fatal. This
 //! module does exactly that, on bytes, with no I/O, so that it is tested on its own.
 

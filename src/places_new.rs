@@ -1,5 +1,5 @@
 //! Places API (New) `places:searchNearby`: the request it takes, and its answer mapped to
-//! the legacy Nearby Search shape that clients always get (SPEC section 4).
+//! the legacy Nearby Search shape that clients always get.
 //!
 //! Everything here is pure: the caller (the places proxy) does the HTTP and hands in the
 //! status and body. The pieces:
@@ -37,7 +37,7 @@ places.userRatingCount,places.businessStatus";
 const MAX_RESULT_COUNT: u32 = 20;
 
 /// The JSON body of a `places:searchNearby` call: up to 20 places within `radius` of
-/// `position`, because that is the question a WHATSAT asks (SPEC section 4).
+/// `position`, because that is the question a WHATSAT asks.
 ///
 /// The radius goes in as a JSON number parsed from the exact metres text, so `12.5` stays
 /// `12.5` (serde_json keeps it as the nearest f64, which prints back as the same text for
@@ -70,7 +70,7 @@ pub fn request_body(position: &Degrees, radius: &Radius) -> String {
 
 /// Maps an answer of `places:searchNearby` (its HTTP status and body) to the legacy Nearby
 /// Search shape, because clients always get the legacy shape whichever API the server calls
-/// (SPEC section 4). The text is laid out as Google lays out legacy answers ([`google_text`]).
+/// (docs/PROTOCOL.md). The text is laid out as Google lays out legacy answers ([`google_text`]).
 ///
 /// - A `google.rpc.Status` `error` object (whatever the HTTP status) becomes a legacy error:
 ///   its message as `error_message` and its status mapped to a legacy status.

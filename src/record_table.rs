@@ -104,7 +104,7 @@ fn shard_of(client_hash: u32) -> usize {
 }
 
 impl RecordTable {
-    /// Stores `record` if it supersedes the one held for its client (SPEC section 3);
+    /// Stores `record` if it supersedes the one held for its client (newer wins);
     /// says whether it did.
     pub fn offer(&mut self, record: Record) -> bool {
         let client_hash = record.client_hash();

@@ -1,4 +1,4 @@
-//! Each server's log file (SPEC section 7): every line in and out, with a timestamp and the
+//! Each server's log file: every line in and out, with a timestamp and the
 //! connection it belongs to, and connections and links opened and closed.
 //!
 //! Logging sits on the per-line hot path, so it must cost the server little and never make
@@ -440,7 +440,7 @@ impl LogFile {
     /// page cache, it takes a fresh page of memory for every 4 KiB and crowds out the page
     /// cache of everything else on the machine. On a VM that hands freed memory back to its
     /// host, writing into fresh pages costs twice as much as writing into reused ones and
-    /// writing them back together (bench/RESULTS.md, seventh session). Dropped, the log's
+    /// writing them back together. Dropped, the log's
     /// pages are reused while still warm.
     ///
     /// The advice is given by a thread of its own, because starting writeback waits when

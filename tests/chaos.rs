@@ -1,11 +1,11 @@
-//! Chaos: the five-server herd of SPEC section 5 under continuous IAMAT load while servers
+//! Chaos: the five-server herd of herd.toml under continuous IAMAT load while servers
 //! are stopped and restarted at random. Afterwards every server must hold, for every client,
 //! exactly the latest record a client was told about (the AT answer it read).
 //!
 //! The run is driven by a seeded RNG; the seed is printed, and `HERD_TEST_SEED=<seed>`
 //! replays the same choices (timings still vary).
 //!
-//! The stops respect what SPEC promises and no more. A record is only guaranteed to have
+//! The stops respect what the protocol promises and no more. A record is only guaranteed to have
 //! been handed to the links that were up when it was acknowledged; the herd keeps no disk.
 //! So at most [`MAX_DOWN`] servers are down at once (every server has at least two
 //! neighbors, so an acknowledged record always has a live holder besides a stopped origin),

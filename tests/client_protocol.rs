@@ -1,4 +1,4 @@
-//! End-to-end tests of the client protocol of one server (SPEC sections 2, 4 and 7).
+//! End-to-end tests of the client protocol of one server (docs/PROTOCOL.md, and the log).
 //!
 //! Each test starts a real server in-process on port 0, speaks raw TCP to it, and plays the
 //! places API with a local `PlacesServer`; nothing reaches the internet.
@@ -27,7 +27,7 @@ const LEGACY_REQUEST_DENIED: &str = include_str!("fixtures/places/legacy_request
 /// The path of the legacy Nearby Search on the fake places server.
 const NEARBY_PATH: &str = "/maps/api/place/nearbysearch/json";
 
-/// The SPEC's example position.
+/// The example position of docs/PROTOCOL.md.
 const LOCATION: &str = "+34.068930-118.445127";
 
 /// An address where no places API answers, for tests that must never call it.

@@ -1,4 +1,4 @@
-//! End-to-end tests of the herd protocol (SPEC section 3): whole herds run in one process,
+//! End-to-end tests of the herd protocol (docs/PROTOCOL.md): whole herds run in one process,
 //! talked to over TCP as clients would, with servers stopped and restarted, and a neighbor
 //! that stops reading played by a proxy.
 
@@ -129,7 +129,7 @@ async fn concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere()
             None => winner.to_owned(),
         };
         // Both records cross the herd in opposite directions; every server must end with
-        // the same one, the newer by SPEC's rule, whichever it heard first.
+        // the same one, the newer by the protocol's rule, whichever it heard first.
         herd.eventually_know(&FIVE, client, &expected).await;
         best = Some(expected);
     }

@@ -1,4 +1,4 @@
-//! End-to-end tests of the places side of WHATSAT (SPEC section 4, issue 5): Places API
+//! End-to-end tests of the places side of WHATSAT (docs/PROTOCOL.md, places): Places API
 //! (New) through a real node, the answer cache and the sharing of calls, each against a real
 //! local HTTP server that plays the API and counts the calls it gets.
 

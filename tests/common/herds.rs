@@ -55,10 +55,10 @@ pub const ZERO_RESULTS: &str = "{\"results\": [], \"status\": \"ZERO_RESULTS\"}"
 /// The places timeout of every test herd, in milliseconds.
 pub const PLACES_TIMEOUT_MS: u64 = 5000;
 
-/// The five servers of SPEC section 5.
+/// The five servers of the checked-in herd.toml.
 pub const FIVE: [&str; 5] = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"];
 
-/// The links of SPEC section 5.
+/// The links of the checked-in herd.toml.
 pub const FIVE_LINKS: [(&str, &str); 6] = [
     ("Clark", "Jaquez"),
     ("Clark", "Bona"),
@@ -99,7 +99,7 @@ impl HerdBuilder {
         }
     }
 
-    /// The five-server herd of SPEC section 5.
+    /// The five-server herd of the checked-in herd.toml.
     pub fn five() -> HerdBuilder {
         Self::new(&FIVE, &FIVE_LINKS)
     }
@@ -230,7 +230,7 @@ pub struct Herd {
 }
 
 impl Herd {
-    /// The five-server herd of SPEC section 5, started.
+    /// The five-server herd of the checked-in herd.toml, started.
     pub async fn five() -> Herd {
         HerdBuilder::five().start().await
     }
@@ -541,7 +541,7 @@ pub fn assert_at_answer(answer: &str, server: &str, client: &str, position: &str
     );
 }
 
-/// The client time of an AT line (its last field) in nanoseconds, for SPEC's rule of which
+/// The client time of an AT line (its last field) in nanoseconds, for the protocol's rule of which
 /// record is newer. Fraction digits past the ninth do not count.
 pub fn at_time_nanos(line: &str) -> u128 {
     let time = line.rsplit(' ').next().expect("an AT line has fields");
@@ -555,7 +555,7 @@ pub fn at_time_nanos(line: &str) -> u128 {
     secs * 1_000_000_000 + nanos
 }
 
-/// Of two AT lines of one client, the one SPEC section 3 keeps: the greater client time,
+/// Of two AT lines of one client, the one the herd keeps: the greater client time,
 /// then the bytewise greater line.
 pub fn newer<'a>(a: &'a str, b: &'a str) -> &'a str {
     if (at_time_nanos(a), a.as_bytes()) >= (at_time_nanos(b), b.as_bytes()) {

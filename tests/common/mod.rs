@@ -44,7 +44,7 @@ pub const POLL: Duration = Duration::from_millis(10);
 /// The places timeout of a server started with [`TestNode::start`].
 pub const PLACES_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The line limit of a server started with [`TestNode::start`] (SPEC's default).
+/// The line limit of a server started with [`TestNode::start`] (the default).
 pub const MAX_LINE_BYTES: usize = 8192;
 
 /// Builds the config of a one-node herd (server [`SERVER`]) that calls the places API at
