@@ -3,17 +3,19 @@
 //! The session reads its socket itself (a `ReadLoop` polled in its own context, so a read
 //! costs no message) and cuts the bytes into lines ([`crate::line`]); it parses each line
 //! ([`crate::protocol`]), asks the store or the places proxy when the answer needs them, and
-//! writes answers in the order of the lines, even when a later one is ready first. Every
-//! line that gets an answer takes a slot in a queue; a slot is filled when its answer is
-//! known, and the filled slots at the front go to the socket together.
+//! writes answers in the order of the lines, even when a later one is ready first: every
+//! line that gets an answer takes a place in an [`AnswerQueue`], and the answers at its
+//! front that are due go to the socket ([`SocketOut`]) together.
 //!
-//! An IAMAT's answer waits for the store to say its links took the record (flood before
-//! reply, docs/PROTOCOL.md), unless the server has no link that could have to take it.
+//! An IAMAT's answer is held in the queue until the store answers the [`Store`] that
+//! carried its record, which it does only once every link has the record in its socket
+//! (flood before reply; docs/ARCHITECTURE.md follows one line all the way), unless the
+//! server has no link that could have to take it.
 //!
 //! A connection whose first line is `PEER <Name>` from a configured neighbor becomes the
 //! receiving end of that neighbor's link: its AT lines go to the store, marked as coming
-//! from that neighbor, and get no answer (the herd protocol). Having none, they take no slot
-//! and wait for nothing: the link is read as fast as the store takes its records. Client
+//! from that neighbor, and get no answer (the herd protocol). Having none, they take no place
+//! in the queue and wait for nothing: the link is read as fast as the store takes its records. Client
 //! commands on it are invalid: a link carries records one way.
 //!
 //! A client that sends faster than it reads is slowed, never dropped: the session stops
@@ -28,8 +30,7 @@
 //! connection replacing the older.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::ops::Range;
 use std::pin::Pin;
@@ -39,7 +40,7 @@ use std::task::{Poll, Waker, ready};
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use log::debug;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
@@ -47,10 +48,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::location_store::{Lookup, Store};
 use super::places_proxy::{NearbySearch, PlacesAnswer};
+use crate::answer_queue::{Answer, AnswerQueue};
 use crate::line::{Line, LineSplitter};
 use crate::places_json::{self, UNKNOWN_ERROR};
 use crate::protocol::{self, Command, Nanos, Record};
 use crate::server_log::ServerLog;
+use crate::socket_out::{SocketOut, WriteLoop};
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::client_session=debug`.
 pub const LOG_TARGET: &str = "herd::client_session";
@@ -186,22 +189,14 @@ pub struct ClientSession {
     settings: SessionSettings,
     /// The actors this session asks: the store and the places proxy.
     services: Services,
-    /// The socket's sending side; shared with the future that waits for it to drain.
-    writer: Rc<OwnedWriteHalf>,
-    /// One slot per line not yet answered, in line order.
-    slots: VecDeque<Slot>,
-    /// The number of the line whose answer is `slots[0]`.
-    first_slot: u64,
-    /// Answers due to the client that the socket has not taken yet.
-    out: BytesMut,
-    /// Bytes of the answers known but not yet in `out` (waiting for an earlier line's).
-    owed_bytes: usize,
+    /// The answers due to the client, and the socket they go to.
+    out: SocketOut<OwnedWriteHalf>,
+    /// The answers owed, in line order (a line's number is its place in it).
+    answers: AnswerQueue,
     /// WHATSATs whose answers are being worked out.
     whatsats_in_flight: usize,
     /// Whether this connection counts against the cap on clients (until it is a link).
     counted: bool,
-    /// Whether a future is already waiting for the socket to take more.
-    awaiting_writable: bool,
     /// The loop reading the socket, until the client's last line or a drain.
     reader: Option<SpawnHandle>,
     /// Wakes the reader, paused because too many answers are owed.
@@ -214,29 +209,9 @@ pub struct ClientSession {
     /// Records of the lines taken since the last offer to the store: they go in one
     /// [`Store`] per read (or before the next lookup, which must see them).
     unstored: Vec<Record>,
-    /// The slot of the first line whose answer waits for those records to be stored (an
-    /// IAMAT's); `None` when none does (a neighbor's records have no answer, and no slot).
+    /// The first line whose answer waits for those records to be stored (an IAMAT's);
+    /// `None` when none does (a neighbor's records have no answer, and no place in line).
     first_held: Option<u64>,
-}
-
-/// The answer a line gets.
-enum Answer {
-    /// None: a hello, or a neighbor's record.
-    Silent,
-    /// An IAMAT's: the AT line of its record, written from the record itself.
-    At(Record),
-    /// Any other: an invalid line's, a WHATSAT's.
-    Text(Bytes),
-}
-
-/// One line's place in the order of answers.
-enum Slot {
-    /// Its answer is being worked out (a WHATSAT).
-    Waiting,
-    /// Its answer is known, but is due only once the store took the line's record.
-    Unstored(Answer),
-    /// Its answer goes out as soon as every line before it has had its own.
-    Due(Answer),
 }
 
 impl ClientSession {
@@ -271,6 +246,11 @@ impl ClientSession {
     ) -> Addr<ClientSession> {
         let (read_half, write_half) = stream.into_split();
         ClientSession::create(move |ctx| {
+            ctx.spawn(WriteLoop::new(|act: &mut ClientSession, ctx, waker| {
+                if act.out.woken(waker) {
+                    act.flush(ctx);
+                }
+            }));
             let reader = ctx.spawn(ReadLoop {
                 half: read_half,
                 splitter: LineSplitter::new(settings.max_line_bytes),
@@ -281,14 +261,10 @@ impl ClientSession {
                 conn,
                 settings,
                 services,
-                writer: Rc::new(write_half),
-                slots: VecDeque::new(),
-                first_slot: 0,
-                out: BytesMut::new(),
-                owed_bytes: 0,
+                out: SocketOut::new(write_half),
+                answers: AnswerQueue::default(),
                 whatsats_in_flight: 0,
                 counted,
-                awaiting_writable: false,
                 reader: Some(reader),
                 room: None,
                 read_closed: false,
@@ -312,7 +288,7 @@ impl ClientSession {
             Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
                 self.settings.log.line_in(self.conn, received, prefix);
-                let slot = self.reserve_slot();
+                let slot = self.answers.reserve();
                 return self.fill(slot, invalid(prefix));
             }
         };
@@ -326,7 +302,7 @@ impl ClientSession {
             }
             command => command,
         };
-        let slot = self.reserve_slot();
+        let slot = self.answers.reserve();
         match command {
             // A link opens with the hello: not a client's connection that
             // has already sent lines.
@@ -405,21 +381,12 @@ impl ClientSession {
         }
     }
 
-    /// The slot of the line just taken, in line order.
-    fn reserve_slot(&mut self) -> u64 {
-        self.slots.push_back(Slot::Waiting);
-        self.first_slot + self.slots.len() as u64 - 1
-    }
-
     /// Keeps line `slot`'s answer until its record, offered with the others of this read,
     /// is stored.
     fn hold_for_store(&mut self, slot: u64, record: Record, answer: Answer) {
         self.first_held.get_or_insert(slot);
         self.unstored.push(record);
-        if let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) {
-            self.owed_bytes += answer.len();
-            *entry = Slot::Unstored(answer);
-        }
+        self.answers.hold(slot, answer);
     }
 
     /// Whether a neighbor's record names a server of the herd as the one that heard it.
@@ -452,15 +419,15 @@ impl ClientSession {
 
     /// Whether the session owes the client so much that it must stop taking its lines.
     fn owes_too_much(&self) -> bool {
-        self.slots.len() >= MAX_PENDING_ANSWERS
-            || self.owed_bytes + self.out.len() >= MAX_UNSENT_BYTES
+        self.answers.len() >= MAX_PENDING_ANSWERS
+            || self.answers.known_bytes() + self.out.len() >= MAX_UNSENT_BYTES
             || self.whatsats_in_flight >= MAX_WHATSATS_IN_FLIGHT
     }
 
     /// Wakes a reader paused for owing too much, once what it owes has drained to half.
     fn wake_reader(&mut self) {
-        let room = self.slots.len() < MAX_PENDING_ANSWERS / 2
-            && self.owed_bytes + self.out.len() < MAX_UNSENT_BYTES / 2
+        let room = self.answers.len() < MAX_PENDING_ANSWERS / 2
+            && self.answers.known_bytes() + self.out.len() < MAX_UNSENT_BYTES / 2
             && self.whatsats_in_flight < MAX_WHATSATS_IN_FLIGHT;
         if room && let Some(room) = self.room.take() {
             room.wake();
@@ -483,7 +450,7 @@ impl ClientSession {
             // Only a neighbor's records: no answer waits for the store.
             return self.services.store.do_send(store);
         };
-        let lines = first..self.first_slot + self.slots.len() as u64;
+        let lines = first..self.answers.next_line();
         if !self.flood_first() {
             // No link has to take these records, and the store takes them before any
             // message sent after this one (a `Lookup` included): their answers are due now,
@@ -515,90 +482,50 @@ impl ClientSession {
 
     /// The records of `lines` are stored: their answers are due.
     fn records_stored(&mut self, lines: Range<u64>) {
-        // None of these lines can have left the queue: each waited for this.
-        let from = (lines.start - self.first_slot) as usize;
-        let to = (lines.end - self.first_slot) as usize;
-        for entry in self.slots.range_mut(from..to) {
-            *entry = match std::mem::replace(entry, Slot::Waiting) {
-                Slot::Unstored(answer) => Slot::Due(answer),
-                other => other,
-            };
-        }
+        self.answers.release(lines);
         self.send_due();
     }
 
-    /// Records the answer of line `slot`, and moves every answer now due into `out`.
+    /// Records the answer of line `slot`, and moves every answer now due to the output.
     fn fill(&mut self, slot: u64, answer: Answer) {
-        let Some(entry) = self.slots.get_mut((slot - self.first_slot) as usize) else {
-            return;
-        };
-        self.owed_bytes += answer.len();
-        *entry = Slot::Due(answer);
+        self.answers.fill(slot, answer);
         self.send_due();
     }
 
-    /// Moves the answers at the front that are due into `out`.
+    /// Moves the answers at the front that are due to the output, logging each.
     fn send_due(&mut self) {
         let mut now = None;
-        while let Some(Slot::Due(_)) = self.slots.front() {
+        let (log, conn, out) = (&self.settings.log, self.conn, self.out.buffer());
+        self.answers.take_due(|answer| {
             let now = *now.get_or_insert_with(SystemTime::now);
-            if let Some(Slot::Due(answer)) = self.slots.pop_front() {
-                self.owed_bytes -= answer.len();
-                match answer {
-                    Answer::Silent => {}
-                    Answer::At(record) => {
-                        let line = record.line();
-                        self.settings.log.line_out(self.conn, now, line);
-                        self.out.extend_from_slice(line.as_bytes());
-                        self.out.extend_from_slice(b"\n");
-                    }
-                    Answer::Text(text) => {
-                        self.settings.log.lines_out(self.conn, now, &text);
-                        self.out.extend_from_slice(&text);
-                    }
+            match answer {
+                Answer::Silent => {}
+                Answer::At(record) => {
+                    let line = record.line();
+                    log.line_out(conn, now, line);
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(b"\n");
+                }
+                Answer::Text(text) => {
+                    log.lines_out(conn, now, &text);
+                    out.extend_from_slice(&text);
                 }
             }
-            self.first_slot += 1;
-        }
+        });
         self.wake_reader();
     }
 
     /// Hands the answers due to the socket, as much as it takes now; closes the session when
     /// everything owed has been delivered after the client's last line.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        while !self.out.is_empty() && !self.awaiting_writable {
-            match self.writer.try_write(&self.out) {
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.await_writable(ctx),
-                Err(e) => {
-                    debug!(target: LOG_TARGET, "conn {}: write failed: {e}", self.conn);
-                    return ctx.stop();
-                }
-            }
+        if let Err(e) = self.out.flush() {
+            debug!(target: LOG_TARGET, "conn {}: write failed: {e}", self.conn);
+            return ctx.stop();
         }
         self.wake_reader();
-        if self.out.is_empty() {
-            // Give back the memory of a large answer once it is sent.
-            if self.out.capacity() > READ_CHUNK_BYTES {
-                self.out = BytesMut::new();
-            }
-            if self.read_closed && self.slots.is_empty() {
-                ctx.stop();
-            }
+        if self.read_closed && self.out.is_empty() && self.answers.is_empty() {
+            ctx.stop();
         }
-    }
-
-    fn await_writable(&mut self, ctx: &mut Context<Self>) {
-        self.awaiting_writable = true;
-        let writer = Rc::clone(&self.writer);
-        let writable = async move { writer.writable().await };
-        ctx.spawn(writable.into_actor(self).map(|result, act, ctx| {
-            act.awaiting_writable = false;
-            match result {
-                Ok(()) => act.flush(ctx),
-                Err(_) => ctx.stop(),
-            }
-        }));
     }
 
     fn close_reading(&mut self, ctx: &mut Context<Self>) {
@@ -611,7 +538,7 @@ impl Actor for ClientSession {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        let peer = self.writer.peer_addr().map(|a| a.to_string());
+        let peer = self.out.get_ref().peer_addr().map(|a| a.to_string());
         let peer = peer.as_deref().unwrap_or("an unknown address");
         self.settings
             .log
@@ -661,17 +588,6 @@ impl Handler<Replaced> for ClientSession {
     fn handle(&mut self, _: Replaced, ctx: &mut Context<Self>) {
         debug!(target: LOG_TARGET, "conn {}: Replaced", self.conn);
         ctx.stop();
-    }
-}
-
-impl Answer {
-    /// The bytes it takes in the output.
-    fn len(&self) -> usize {
-        match self {
-            Answer::Silent => 0,
-            Answer::At(record) => record.line().len() + 1,
-            Answer::Text(text) => text.len(),
-        }
     }
 }
 

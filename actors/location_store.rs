@@ -3,8 +3,9 @@
 //! Records only ever change here, one message at a time, so "newer wins" (docs/PROTOCOL.md)
 //! needs no lock. What it stores it publishes to its subscribers (the `PeerLink`s, which
 //! flood it to the neighbors), and it answers a [`Store`] only once every subscriber has
-//! taken the record: that is how a client's AT answer comes after the record went out on
-//! every link that is up. The records of all the `Store`s handled in one round of the
+//! answered for the record (a link answers once the record is in its socket): that is how
+//! a client's AT answer comes after the record went out on every link that is up. The
+//! records of all the `Store`s handled in one round of the
 //! event loop are published together, and their answers go out together once the links
 //! took them: one message per link per round for each run of records from one source
 //! (clients, or one neighbor), not one per `Store`.

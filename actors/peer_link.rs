@@ -6,7 +6,9 @@
 //! dropped link by itself (its reader sees end-of-file or an error), and redials with capped
 //! exponential backoff and jitter, reset once connected. Nothing is queued while the link
 //! is down: every (re)connection starts with the whole snapshot, which covers all that was
-//! missed. While it is up, what the socket has not taken yet is bounded by
+//! missed. Records handed to a link are written to its socket before the link answers
+//! for them, which is what the store waits for before it answers a client (flood before
+//! reply). While it is up, what the socket has not taken yet is bounded by
 //! [`MAX_LINK_QUEUE_BYTES`]; past it the link drops its queue and the connection, and
 //! resends everything on the next one, so a slow or dead neighbor never holds memory or a
 //! client.
@@ -23,14 +25,11 @@
 //! answer. The snapshot is streamed no faster than the log writes it out, so that a large
 //! store sent on reconnection is logged whole instead of overflowing the log's buffer.
 
-use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use bytes::{Buf, BytesMut};
 use log::{debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -42,6 +41,7 @@ use crate::backoff::Backoff;
 use crate::line::LineSplitter;
 use crate::protocol::Record;
 use crate::server_log::ServerLog;
+use crate::socket_out::{Flushed, SocketOut, WriteLoop};
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::peer_link=debug`.
 pub const LOG_TARGET: &str = "herd::peer_link";
@@ -89,24 +89,20 @@ pub struct PeerLink {
     generation: u64,
     /// Whether the link was ever up (to log "re-established" rather than "opened").
     was_up: bool,
-    /// Whether a flush is already due at the end of the actor's current turn.
-    flush_due: bool,
 }
 
 /// One connection to the neighbor.
 struct Connection {
     /// The connection's number in the log.
     conn: u64,
-    /// The socket's sending side; shared with the future that waits for it to drain.
-    writer: Rc<OwnedWriteHalf>,
-    /// Bytes due to the neighbor that the socket has not taken yet.
-    out: BytesMut,
+    /// The bytes due to the neighbor, and the socket they go to.
+    out: SocketOut<OwnedWriteHalf>,
     /// Snapshot records not yet moved into `out`.
     backlog: std::vec::IntoIter<Arc<str>>,
-    /// The future that waits for the socket to take more, if one does. It holds the
-    /// writer, so it is cancelled with the connection: otherwise a neighbor that stopped
+    /// The loop that flushes again once a full socket can take more. It is cancelled
+    /// with the connection, and the socket with it: otherwise a neighbor that stopped
     /// reading would keep a dropped connection (and its full socket buffer) open forever.
-    waiting_writable: Option<SpawnHandle>,
+    writing: SpawnHandle,
     /// The timer after which the snapshot looks again whether the log has caught up.
     waiting_log: Option<SpawnHandle>,
     /// The task that watches the neighbor's side for end-of-file.
@@ -132,7 +128,6 @@ impl PeerLink {
             connection: None,
             generation: 0,
             was_up: false,
-            flush_due: false,
         }
     }
 
@@ -190,12 +185,18 @@ impl PeerLink {
         let hello = format!("PEER {}\n", self.me);
         self.log
             .lines_out(conn, SystemTime::now(), hello.as_bytes());
+        let mut out = SocketOut::new(write_half);
+        out.buffer().extend_from_slice(hello.as_bytes());
+        let writing = ctx.spawn(WriteLoop::new(|act: &mut PeerLink, ctx, waker| {
+            if act.connection.as_mut().is_some_and(|c| c.out.woken(waker)) {
+                act.flush(ctx);
+            }
+        }));
         self.connection = Some(Connection {
             conn,
-            writer: Rc::new(write_half),
-            out: BytesMut::from(hello.as_bytes()),
+            out,
             backlog: Vec::new().into_iter(),
-            waiting_writable: None,
+            writing,
             waiting_log: None,
             reader,
         });
@@ -220,7 +221,7 @@ impl PeerLink {
         let Some(c) = self.connection.as_mut() else {
             return;
         };
-        while c.waiting_writable.is_none() {
+        loop {
             let refill = c.out.len() < SNAPSHOT_CHUNK_BYTES && c.backlog.len() > 0;
             if refill && c.waiting_log.is_none() {
                 if self.log.is_behind() {
@@ -236,43 +237,23 @@ impl PeerLink {
                         act.flush(ctx);
                     }));
                 } else {
-                    let start = c.out.len();
-                    while c.out.len() < SNAPSHOT_CHUNK_BYTES {
+                    let out = c.out.buffer();
+                    let start = out.len();
+                    while out.len() < SNAPSHOT_CHUNK_BYTES {
                         let Some(line) = c.backlog.next() else { break };
-                        c.out.extend_from_slice(line.as_bytes());
-                        c.out.extend_from_slice(b"\n");
+                        out.extend_from_slice(line.as_bytes());
+                        out.extend_from_slice(b"\n");
                     }
-                    self.log
-                        .lines_out(c.conn, SystemTime::now(), &c.out[start..]);
+                    self.log.lines_out(c.conn, SystemTime::now(), &out[start..]);
                 }
             }
             if c.out.is_empty() {
                 return;
             }
-            match c.writer.try_write(&c.out) {
-                Ok(n) => c.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let writer = Rc::clone(&c.writer);
-                    let generation = self.generation;
-                    let writable = async move { writer.writable().await };
-                    let waiting =
-                        ctx.spawn(writable.into_actor(self).map(move |result, act, ctx| {
-                            if act.generation != generation {
-                                return;
-                            }
-                            if let Some(c) = act.connection.as_mut() {
-                                c.waiting_writable = None;
-                            }
-                            match result {
-                                Ok(()) => act.flush(ctx),
-                                Err(e) => act.down(&format!("write failed: {e}"), ctx),
-                            }
-                        }));
-                    if let Some(c) = self.connection.as_mut() {
-                        c.waiting_writable = Some(waiting);
-                    }
-                    return;
-                }
+            match c.out.flush() {
+                // Taken: refill from the snapshot, if any is left.
+                Ok(Flushed::All) => {}
+                Ok(Flushed::Blocked) => return,
                 Err(e) => return self.down(&format!("write failed: {e}"), ctx),
             }
         }
@@ -282,7 +263,8 @@ impl PeerLink {
     fn down(&mut self, why: &str, ctx: &mut Context<Self>) {
         if let Some(c) = self.connection.take() {
             c.reader.abort();
-            for waiting in [c.waiting_writable, c.waiting_log].into_iter().flatten() {
+            ctx.cancel_future(c.writing);
+            if let Some(waiting) = c.waiting_log {
                 ctx.cancel_future(waiting);
             }
             self.log.note(
@@ -328,10 +310,11 @@ impl Handler<Stored> for PeerLink {
             // Down: the snapshot sent on the next connection carries these records.
             return;
         };
+        let out = c.out.buffer();
         for record in records.iter() {
             debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
-            c.out.extend_from_slice(record.line().as_bytes());
-            c.out.extend_from_slice(b"\n");
+            out.extend_from_slice(record.line().as_bytes());
+            out.extend_from_slice(b"\n");
         }
         let lines = records.iter().map(Record::line);
         self.log.each_line_out(c.conn, SystemTime::now(), lines);
@@ -343,16 +326,11 @@ impl Handler<Stored> for PeerLink {
             );
             return self.down(&why, ctx);
         }
-        // One write for all the records of this turn: a future that is ready at once runs
-        // after the mailbox is drained, still in this turn, so before the store's answer
-        // (and with it the client's AT) goes anywhere.
-        if !self.flush_due {
-            self.flush_due = true;
-            ctx.spawn(fut::ready(()).map(|(), act: &mut PeerLink, ctx| {
-                act.flush_due = false;
-                act.flush(ctx);
-            }));
-        }
+        // Handed to the socket before this handler returns, so before its answer reaches
+        // the store: the store answers a client only once every link answered, and so
+        // the record is in every socket that takes it before the client's AT line is
+        // (flood before reply). A full socket keeps it first in line here.
+        self.flush(ctx);
     }
 }
 

@@ -28,6 +28,7 @@
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod answer_cache;
+pub mod answer_queue;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -39,3 +40,4 @@ pub mod places_new;
 pub mod protocol;
 pub mod record_table;
 pub mod server_log;
+pub mod socket_out;

@@ -686,10 +686,15 @@ async fn a_places_api_slower_than_the_timeout_gives_unknown_error() {
 }
 
 #[actix_rt::test]
-async fn a_server_without_key_answers_request_denied() {
+async fn a_server_without_key_calls_without_one_and_passes_on_the_answer() {
+    // A places service that needs no key answers; Google would answer REQUEST_DENIED,
+    // passed through like any of its answers (next test).
     let places = PlacesServer::always(LEGACY_OK).unwrap();
     let (_, answer) = whatsat_against(&places, PLACES_TIMEOUT, None).await;
-    check_error_shape(&whatsat_json(&answer), "REQUEST_DENIED");
+    assert_eq!(whatsat_json(&answer)["status"], "OK");
+    let requests = places.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].query("key"), None);
 }
 
 #[actix_rt::test]

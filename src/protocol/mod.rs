@@ -7,9 +7,9 @@
 //!
 //! - this file: the commands ([`Command`], [`Iamat`], [`Whatsat`], [`Hello`]) and the
 //!   answers to them;
-//! - [`record`]: the location record an IAMAT becomes, and the AT line it travels as;
-//! - [`time`]: client times and time differences, in integer nanoseconds;
-//! - [`place`]: positions and radii, checked exactly on their decimal digits;
+//! - `record`: the location record an IAMAT becomes, and the AT line it travels as;
+//! - `time`: client times and time differences, in integer nanoseconds;
+//! - `place`: positions and radii, checked exactly on their decimal digits;
 //! - `scan`: cutting a line into fields and checking numbers, eight bytes at a time.
 //!
 //! Numbers that must be exact (client time, the time difference, the radius in metres) are
