@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures a herd server on this machine against the physical-limit reference
 # (`herd-bench echo-server`: a line server that answers each line with a line of the same
-# length), then the herd's propagation, memory and places overhead. Issue 4.
+# length), then the herd's propagation, memory and places overhead, and judges each figure
+# against its target (bench/RESULTS.md lists the targets).
 #
 #   bash bench/compare.sh             # about 2-5 minutes
 #   QUICK=1 bash bench/compare.sh     # about 1 minute
@@ -10,8 +11,8 @@
 # CPU 1 (taskset), so they do not fight over one core. IAMAT load runs alternate A B A B
 # (echo, herd, echo, herd), four rounds at full size, so that drifts of the machine (which
 # are large on a shared machine) hit both sides alike; each run's figures are printed, then
-# the ratio herd/echo of the means for throughput and p99. It ends with each of issue 4's
-# targets, this run's figure for it, and whether it was met.
+# the ratio herd/echo of the means for throughput and p99. It ends with each target, this
+# run's figure for it, and whether it was met.
 # Everything listens on 127.0.0.1 only, every run is bounded in time, and every process
 # this script starts is killed when it exits (also on Ctrl-C).
 #
@@ -307,7 +308,7 @@ figure() {
     sed -n "s/.*$1 *\([-+]\?[0-9.]*\).*/\1/p" "$TMP/figures.txt" | head -n 1
 }
 echo
-echo "== against issue 4's targets (this run$([[ $QUICK == 1 ]] && echo ", QUICK: smaller than the targets' sizes"))"
+echo "== against the targets (this run$([[ $QUICK == 1 ]] && echo ", QUICK: smaller than the targets' sizes"))"
 verdict "one server: IAMAT throughput / the echo's" "$ONE_THROUGHPUT" ">=" 0.8
 verdict "one server: IAMAT p99 / the echo's" "$ONE_P99" "<=" 1.5
 verdict "chain middle, links up: IAMAT throughput / the echo's" "$CHAIN_THROUGHPUT" ">=" 0.6

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs bench/compare.sh several times, one after the other, and judges each of issue 4's
-# targets by its median over the runs: on a shared machine one run can land in a slow phase
+# Runs bench/compare.sh several times, one after the other, and judges each target by its
+# median over the runs: on a shared machine one run can land in a slow phase
 # (bench/RESULTS.md), and a median of three or five says what the herd does more reliably
 # than any one run. Prints each run's verdicts as it ends, then every target's figures, their
 # median, and whether the median meets the target.
@@ -27,17 +27,17 @@ for run in $(seq "$RUNS"); do
     if [[ $status != 0 ]]; then
         echo "  compare.sh failed (exit $status); its output: $OUT/run$run.txt"
     fi
-    sed -n '/^== against issue 4/,$p' "$OUT/run$run.txt" | tail -n +2
+    sed -n '/^== against the targets/,$p' "$OUT/run$run.txt" | tail -n +2
     # The first run built the binaries the others use.
     export SKIP_BUILD=1
 done
 
 echo
-echo "== issue 4's targets over $RUNS run(s): each run's figure, their median, the verdict"
+echo "== the targets over $RUNS run(s): each run's figure, their median, the verdict"
 # A target line of compare.sh: "  LABEL   FIGURE  (target OP LIMIT)  VERDICT".
 awk '
     FNR == 1 { on = 0 }
-    /^== against issue 4/ { on = 1; next }
+    /^== against the targets/ { on = 1; next }
     on && /\(target (<=|>=) / {
         label = $0
         sub(/^ +/, "", label)

@@ -7,7 +7,7 @@ use clap::Parser;
 
 /// Every line allocates a little (its record, its messages); mimalloc serves such small,
 /// short-lived allocations faster than the system allocator (measured with
-/// `herd-bench iamat`: see the README's Performance section). It is built without
+/// `herd-bench iamat` against a build on the system allocator). It is built without
 /// transparent huge pages (`no_thp` in Cargo.toml): with them, the page faults of a growing
 /// store sometimes waited on the kernel compacting memory, up to ~100 ms at a time.
 #[global_allocator]

@@ -1,4 +1,4 @@
-//! A small local HTTP server that plays the places API, for tests.
+//! A small local HTTP server that plays the places API, for tests and for trying WHATSAT.
 //!
 //! The herd must never reach the internet in tests, yet WHATSAT must be exercised against a
 //! real HTTP server speaking the API's format. This one is hyper's HTTP/1.1 server on its
@@ -7,6 +7,9 @@
 //! API sends), keeps connections alive as Google's servers do, and records every request
 //! it gets, so a test can check what the herd sent and how many calls and connections it
 //! made, and how many calls were under way at once.
+//!
+//! The crate's binary, `places-fake`, runs one on a fixed address ([`PlacesServer::serve`])
+//! with recorded answers of Google's, so that a herd can answer WHATSAT without Google.
 
 use std::io;
 use std::net::SocketAddr;
@@ -70,7 +73,9 @@ type Responder = dyn Fn(&Request) -> Reply + Send + Sync;
 /// What the server's thread shares with the test's.
 struct Shared {
     responder: Box<Responder>,
-    /// Every request received, in order.
+    /// Whether requests are kept (a test's server) or only answered (a long-running one).
+    keep_requests: bool,
+    /// Every request received, in order, if they are kept.
     requests: Mutex<Vec<Request>>,
     /// TCP connections accepted.
     connections: AtomicUsize,
@@ -89,15 +94,36 @@ pub struct PlacesServer {
 }
 
 impl PlacesServer {
-    /// Starts a server on `127.0.0.1:0` that answers every request with `responder`.
+    /// Starts a server on `127.0.0.1:0` that answers every request with `responder`, and
+    /// keeps every request for [`PlacesServer::requests`].
     pub fn start(
         responder: impl Fn(&Request) -> Reply + Send + Sync + 'static,
     ) -> io::Result<PlacesServer> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::launch(any_port, true, Box::new(responder))
+    }
+
+    /// Starts a server on `addr` that answers every request with `responder`, for as long as
+    /// it runs: requests are answered but not kept (a server that runs for days would
+    /// otherwise grow without end), so [`PlacesServer::requests`] stays empty.
+    pub fn serve(
+        addr: SocketAddr,
+        responder: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<PlacesServer> {
+        Self::launch(addr, false, Box::new(responder))
+    }
+
+    fn launch(
+        addr: SocketAddr,
+        keep_requests: bool,
+        responder: Box<Responder>,
+    ) -> io::Result<PlacesServer> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let shared = Arc::new(Shared {
-            responder: Box::new(responder),
+            responder,
+            keep_requests,
             requests: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             now: AtomicUsize::new(0),
@@ -136,12 +162,18 @@ impl PlacesServer {
         Self::start(move |_| Reply::Json(200, json.clone()))
     }
 
+    /// The address the server listens on (with the port it was given, when asked for 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The URL of `path` on this server (`http://127.0.0.1:PORT/path`).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Every request received so far, in order.
+    /// Every request received so far, in order (none for a server started with
+    /// [`PlacesServer::serve`], which keeps none).
     pub fn requests(&self) -> Vec<Request> {
         self.shared
             .requests
@@ -211,11 +243,13 @@ async fn answer(
     };
     let _answering = Answering::new(&shared);
     let mut reply = (shared.responder)(&request);
-    shared
-        .requests
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(request);
+    if shared.keep_requests {
+        shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+    }
     let (status, kind, body) = loop {
         match reply {
             Reply::After(delay, next) => {
@@ -351,6 +385,26 @@ mod tests {
         }
         assert_eq!(server.most_at_once(), 3);
         assert_eq!(server.connections(), 3);
+    }
+
+    #[test]
+    fn a_served_server_listens_where_told_and_keeps_no_requests() {
+        // Port 0, so that the test never collides with a port in use.
+        let server = PlacesServer::serve(SocketAddr::from(([127, 0, 0, 1], 0)), |_| {
+            Reply::Json(200, "{\"status\":\"OK\"}".into())
+        })
+        .unwrap();
+        assert!(server.addr().ip().is_loopback() && server.addr().port() != 0);
+        let answer = exchange(
+            &server,
+            "GET /any/path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("{\"status\":\"OK\"}"), "{answer}");
+        assert!(server.requests().is_empty());
+        assert_eq!(server.connections(), 1);
+        let busy = PlacesServer::serve(server.addr(), |_| Reply::Json(200, "{}".into()));
+        assert!(busy.is_err(), "the address is taken");
     }
 
     #[test]
