@@ -175,7 +175,8 @@ impl Handler<Store> for LocationStore {
         let publication_scheduled = !self.unpublished.is_empty();
         let mut count = 0;
         for record in records {
-            debug!(target: LOG_TARGET, "Store {:?} from {from:?}", record.line());
+            let source = from.as_deref().unwrap_or("a client");
+            debug!(target: LOG_TARGET, "Store {} from {source}", record.line());
             let copy = publish.then(|| record.clone());
             if self.records.offer(record) {
                 count += 1;

@@ -27,10 +27,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -54,6 +54,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How long a dial may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a link must have been down before the outage is said at the default log level
+/// (a warning), and its end too (a notice).
+pub const OUTAGE_GRACE: Duration = Duration::from_secs(2);
 
 /// Bytes of records the neighbor's socket has not taken, past which the link drops them
 /// and its connection, and resends everything on the next connection.
@@ -89,6 +93,10 @@ pub struct PeerLink {
     generation: u64,
     /// Whether the link was ever up (to log "re-established" rather than "opened").
     was_up: bool,
+    /// Since when the link has been down (unset while it is up).
+    down_since: Option<Instant>,
+    /// Whether this outage was said at the default log level.
+    outage_said: bool,
 }
 
 /// One connection to the neighbor.
@@ -128,6 +136,8 @@ impl PeerLink {
             connection: None,
             generation: 0,
             was_up: false,
+            down_since: None,
+            outage_said: false,
         }
     }
 
@@ -151,8 +161,22 @@ impl PeerLink {
         let delay = self.backoff.next_delay();
         debug!(
             target: LOG_TARGET,
-            "link to {} at {}: {why}; dialling again in {delay:?}", self.neighbor, self.addr
+            "link to {} at {}: {why}; dialling again in {} ms",
+            self.neighbor,
+            self.addr,
+            delay.as_millis()
         );
+        // Said once per outage, and only once it has lasted: a neighbor that restarts, or
+        // one started a moment later, is no news.
+        let outage = self.down_since.get_or_insert_with(Instant::now);
+        if !self.outage_said && outage.elapsed() >= OUTAGE_GRACE {
+            self.outage_said = true;
+            warn!(
+                target: LOG_TARGET,
+                "{}: link to {} at {} is down ({why}); dialling it again until it is back",
+                self.me, self.neighbor, self.addr
+            );
+        }
         ctx.run_later(delay, |act, ctx| act.dial(ctx));
     }
 
@@ -168,6 +192,18 @@ impl PeerLink {
         };
         self.was_up = true;
         self.backoff.reset();
+        if let Some(outage) = self.down_since.take()
+            && std::mem::take(&mut self.outage_said)
+        {
+            info!(
+                target: LOG_TARGET,
+                "{}: link to {} at {} is back, after {} s down",
+                self.me,
+                self.neighbor,
+                self.addr,
+                outage.elapsed().as_secs()
+            );
+        }
         self.log.note(
             Some(conn),
             format!("link to {} at {} {state}", self.neighbor, self.addr),

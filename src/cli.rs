@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::actors::places_proxy::{API_KEY_VAR, ApiKey};
-use crate::config::HerdConfig;
+use crate::config::{ConfigError, HerdConfig};
 use crate::descriptors;
 use crate::node::Node;
 
@@ -60,19 +61,33 @@ impl Cli {
             }
             Command::Check { config } => {
                 let herd = load(&config)?;
-                println!("{}: ok\n{herd}", config.display());
+                let key = match ApiKey::from_env() {
+                    Some(_) => format!("{API_KEY_VAR} is set"),
+                    None => format!(
+                        "{API_KEY_VAR} is not set: places calls go without a key, which Google \
+                         refuses"
+                    ),
+                };
+                println!("{}: ok\n{herd}\nplaces key: {key}", config.display());
                 Ok(())
             }
         }
     }
 }
 
+/// Reads the config, blaming what is wrong: a file that is not there (and how to name
+/// another), a setting from the environment, or the file.
 fn load(path: &Path) -> anyhow::Result<HerdConfig> {
-    HerdConfig::load(path).with_context(|| format!("config {} refused", path.display()))
+    HerdConfig::load(path).map_err(|e| match e {
+        ConfigError::NotFound { .. } => anyhow::anyhow!("{e}; name another with -c FILE"),
+        ConfigError::Env { .. } => anyhow::anyhow!(e),
+        e => anyhow::anyhow!("config {} refused: {e}", path.display()),
+    })
 }
 
-/// Starts the named servers in one actix system and runs them until Ctrl-C, SIGTERM or
-/// SIGHUP; SIGUSR1 reopens their logs.
+/// Starts the named servers in one actix system (each bound before any is said to
+/// listen) and runs them until Ctrl-C, SIGTERM or SIGHUP; SIGUSR1 reopens their logs. A
+/// second stop signal while they deliver what they owe ends the process at once.
 fn serve(mut herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     budget_descriptors(&mut herd, &names)?;
     let key = ApiKey::from_env();
@@ -86,27 +101,36 @@ fn serve(mut herd: HerdConfig, names: Vec<String>) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         let mut nodes = Vec::with_capacity(names.len());
         for name in &names {
-            let node = match Node::start(&herd, name, key.clone()).await {
-                Ok(node) => node,
+            match Node::start(&herd, name, key.clone()).await {
+                Ok(node) => nodes.push(node),
                 Err(e) => {
-                    // Those already up stop in order (their logs say so) before the exit.
+                    // Those already up stop in order (their logs say so) before the exit,
+                    // and none was said to listen.
                     stop_all(nodes).await;
                     return Err(e.into());
                 }
-            };
+            }
+        }
+        for node in &nodes {
+            let name = node.name();
             say(format_args!(
                 "{name} listening on {} (log: {})",
                 node.client_addr(),
                 herd.log.dir.join(format!("{name}.log")).display()
             ));
-            nodes.push(node);
         }
-        let signal = serve_until_stopped(&nodes).await;
+        let mut signals = Signals::listen()?;
+        signals.serve_until_stopped(&nodes).await;
         say(format_args!(
-            "stopping: delivering answers owed, then exiting"
+            "stopping: delivering answers owed, then exiting (again to exit at once)"
         ));
-        stop_all(nodes).await;
-        signal
+        tokio::select! {
+            () = stop_all(nodes) => Ok(()),
+            () = signals.stop.recv() => {
+                say(format_args!("stopped at once: answers still owed were not delivered"));
+                Err(anyhow::anyhow!("stopped by a second signal before every answer owed was delivered"))
+            }
+        }
     })
 }
 
@@ -154,34 +178,63 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
-/// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal: the servers still stop in
-/// order, logs flushed), reopening the servers' logs on each SIGUSR1 meanwhile, as nginx
-/// does (a rotation's `postrotate` sends it once the files are moved). A SIGHUP ignored
-/// from the start (`nohup herd up`) stays ignored.
-async fn serve_until_stopped(nodes: &[Node]) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind, name| signal(kind).with_context(|| format!("cannot listen for {name}"));
-    let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C")?;
-    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-    let mut hangup = if hangup_ignored() {
-        None
-    } else {
-        Some(listen(SignalKind::hangup(), "SIGHUP")?)
-    };
-    let hung_up = async {
-        match hangup.as_mut() {
-            Some(hangup) => hangup.recv().await,
-            None => std::future::pending().await,
+/// The signals a running herd listens for: Ctrl-C, SIGTERM and SIGHUP (a closed terminal)
+/// stop it, SIGUSR1 reopens its logs.
+struct Signals {
+    stop: StopSignals,
+    reopen: Signal,
+}
+
+/// The signals that stop a herd. A SIGHUP ignored from the start (`nohup herd up`) stays
+/// ignored.
+struct StopSignals {
+    interrupt: Signal,
+    term: Signal,
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        let listen = |kind, name| signal(kind).with_context(|| format!("cannot listen for {name}"));
+        Ok(Signals {
+            stop: StopSignals {
+                interrupt: listen(SignalKind::interrupt(), "Ctrl-C")?,
+                term: listen(SignalKind::terminate(), "SIGTERM")?,
+                hangup: if hangup_ignored() {
+                    None
+                } else {
+                    Some(listen(SignalKind::hangup(), "SIGHUP")?)
+                },
+            },
+            reopen: listen(SignalKind::user_defined1(), "SIGUSR1")?,
+        })
+    }
+
+    /// Waits for a signal to stop, reopening the servers' logs on each SIGUSR1 meanwhile,
+    /// as nginx does (a rotation's `postrotate` sends it once the files are moved).
+    async fn serve_until_stopped(&mut self, nodes: &[Node]) {
+        loop {
+            tokio::select! {
+                () = self.stop.recv() => return,
+                _ = self.reopen.recv() => nodes.iter().for_each(Node::reopen_log),
+            }
         }
-    };
-    tokio::pin!(hung_up);
-    let mut reopen = listen(SignalKind::user_defined1(), "SIGUSR1")?;
-    loop {
+    }
+}
+
+impl StopSignals {
+    /// Waits for one of them.
+    async fn recv(&mut self) {
+        let hung_up = async {
+            match self.hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            _ = &mut hung_up => return Ok(()),
-            _ = reopen.recv() => nodes.iter().for_each(Node::reopen_log),
+            _ = self.interrupt.recv() => {}
+            _ = self.term.recv() => {}
+            _ = hung_up => {}
         }
     }
 }

@@ -42,8 +42,16 @@ const ENV_PREFIX: &str = "HERD";
 /// A `herd.toml` that was refused, with what is wrong in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// There is no file at the path given.
+    #[error("there is no config file {path} (looked in {dir})")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+        /// The working directory it is relative to.
+        dir: PathBuf,
+    },
     /// The file could not be read or is not TOML of the expected form.
-    #[error("{path}: {error}")]
+    #[error("{error}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -102,6 +110,14 @@ pub enum ConfigError {
     /// `places.url` is not an http(s) URL.
     #[error("places.url = {0:?} is not an http:// or https:// URL")]
     BadUrl(String),
+    /// A setting from the environment is wrong (the file alone is fine).
+    #[error("environment variable {var}: {error}")]
+    Env {
+        /// The variable, or the variables when only together they are wrong.
+        var: String,
+        /// What is wrong with the config they make.
+        error: Box<ConfigError>,
+    },
     /// An environment variable that looks like a setting but is not spelled as one.
     #[error(
         "environment variable {0} is not a setting: settings are HERD_<SECTION>__<KEY>, with \
@@ -119,6 +135,16 @@ pub enum ConfigError {
         /// The names the file has, comma-separated.
         known: String,
     },
+}
+
+impl fmt::Display for PlacesApi {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlacesApi::Legacy => "legacy",
+            PlacesApi::New => "new",
+        })
+    }
 }
 
 /// Which places API the herd calls.
@@ -302,11 +328,45 @@ impl HerdConfig {
         path: &Path,
         env: Option<HashMap<String, String>>,
     ) -> Result<HerdConfig, ConfigError> {
-        let read_error = |error| ConfigError::Read {
-            path: path.to_owned(),
-            error: Box::new(error),
-        };
+        if !path.is_file() {
+            return Err(ConfigError::NotFound {
+                path: path.to_owned(),
+                dir: std::env::current_dir().unwrap_or_default(),
+            });
+        }
         let env = env.unwrap_or_else(|| std::env::vars().collect());
+        let overrides = overrides(env)?;
+        let error = match Self::load_from(path, &overrides) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        // When the file alone is fine, the error is the environment's: name the variable.
+        if overrides.is_empty() || Self::load_from(path, &HashMap::new()).is_err() {
+            return Err(error);
+        }
+        let mut names: Vec<&String> = overrides.keys().collect();
+        names.sort();
+        let culprit = names.iter().find_map(|name| {
+            let one = HashMap::from([((*name).clone(), overrides[*name].clone())]);
+            Self::load_from(path, &one)
+                .err()
+                .map(|e| (name.to_string(), e))
+        });
+        let (var, error) = culprit.unwrap_or_else(|| {
+            let all: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            (all.join(", "), error)
+        });
+        Err(ConfigError::Env {
+            var,
+            error: Box::new(error),
+        })
+    }
+
+    /// Reads `path` with the settings `overrides` (variable name to value) on top.
+    fn load_from(
+        path: &Path,
+        overrides: &HashMap<String, String>,
+    ) -> Result<HerdConfig, ConfigError> {
         let raw: RawConfig = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
@@ -314,11 +374,14 @@ impl HerdConfig {
                     .prefix_separator("_")
                     .separator("__")
                     .try_parsing(true)
-                    .source(Some(overrides(env)?)),
+                    .source(Some(overrides.clone())),
             )
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(read_error)?;
+            .map_err(|error| ConfigError::Read {
+                path: path.to_owned(),
+                error: Box::new(error),
+            })?;
         Self::validate(raw)
     }
 
@@ -521,7 +584,7 @@ impl fmt::Display for HerdConfig {
         }
         writeln!(
             f,
-            "places: {:?} {} (timeout {} ms, cache {} s x {} answers, {} calls at once)",
+            "places: {} {} (timeout {} ms, cache {} s x {} answers, {} calls at once)",
             self.places.api,
             self.places.url,
             self.places.timeout.as_millis(),
@@ -672,7 +735,22 @@ listen = "0.0.0.0:10001"
         let unknown = load(GOOD, &[("HERD_PLACES__URLL", "x")])
             .unwrap_err()
             .to_string();
-        assert!(unknown.contains("urll"), "got {unknown}");
+        assert!(
+            unknown.starts_with("environment variable HERD_PLACES__URLL: ")
+                && unknown.contains("urll"),
+            "got {unknown}"
+        );
+        // A bad value too is the variable's, not the file's.
+        let zero = load(
+            GOOD,
+            &[("HERD_PLACES__TIMEOUT_MS", "0"), ("HERD_LOG__DIR", "x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            zero,
+            "environment variable HERD_PLACES__TIMEOUT_MS: places.timeout_ms must be greater than 0"
+        );
     }
 
     #[test]

@@ -50,6 +50,53 @@ fn check_prints_the_checked_in_herd() {
     }
     assert!(text.contains("Clark - Jaquez"), "{text}");
     assert!(text.contains("127.0.0.1:10003"), "{text}");
+    // Written for a person: no Rust debug text, and whether the key is set.
+    assert!(text.contains("places: legacy https://"), "{text}");
+    assert!(
+        text.contains("places key: GOOGLE_PLACES_API_KEY is not set"),
+        "{text}"
+    );
+    let with_key = Command::new(HERD)
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GOOGLE_PLACES_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(with_key.stdout).unwrap();
+    assert!(
+        text.contains("places key: GOOGLE_PLACES_API_KEY is set") && !text.contains(KEY),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_config_or_a_bad_variable_is_blamed_on_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herd(&["check", "-c", "nowhere.toml"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let cwd = dir.path().display().to_string();
+    assert!(
+        stderr.contains("no config file nowhere.toml")
+            && stderr.contains(&cwd)
+            && stderr.contains("-c FILE")
+            && stderr.matches("nowhere.toml").count() == 1,
+        "{stderr}"
+    );
+    let config = one_node_config(dir.path(), "http://127.0.0.1:9/x");
+    let out = Command::new(HERD)
+        .args(["check", "-c", &config])
+        .env("HERD_PLACES__TIMOUT_MS", "100")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: environment variable HERD_PLACES__TIMOUT_MS: ")
+            && stderr.contains("timout_ms")
+            && !stderr.contains("refused"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -82,13 +129,6 @@ fn a_bad_config_is_refused_with_a_message_naming_the_problem() {
             );
         }
     }
-    let missing = herd(&["check", "-c", "nowhere.toml"], dir.path());
-    assert!(!missing.status.success());
-    assert!(
-        String::from_utf8(missing.stderr)
-            .unwrap()
-            .contains("nowhere.toml")
-    );
 }
 
 #[test]
@@ -117,6 +157,8 @@ fn up_that_cannot_start_a_server_stops_those_it_started_and_says_why() {
     std::fs::write(dir.path().join("herd.toml"), config).unwrap();
     let out = herd(&["up", "-c", "herd.toml"], dir.path());
     assert!(!out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("listening"), "said to listen: {stdout}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     let refusal = stderr.lines().last().unwrap_or_default();
     assert!(
@@ -287,6 +329,48 @@ fn without_a_key_the_server_runs_says_so_once_and_calls_go_without_one() {
     );
 }
 
+#[test]
+fn a_second_signal_while_answers_are_delivered_stops_at_once() {
+    // The places API holds every call, and the herd would wait a minute for it.
+    let (_release, hold) = tokio::sync::watch::channel(false);
+    let places = PlacesServer::start(move |_| {
+        Reply::Held(hold.clone(), Box::new(Reply::Json(200, "{}".into())))
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_node_config(dir.path(), &places.url("/nearby"));
+    let config = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("timeout_ms = 3000", "timeout_ms = 60000");
+    std::fs::write(dir.path().join("herd.toml"), config).unwrap();
+    let (mut child, addr) = start("herd.toml", dir.path(), Some(KEY));
+    let mut client = connect(&addr);
+    client
+        .write_all(b"IAMAT kiwi +1+1 1\nWHATSAT kiwi 10 5\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while places.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the WHATSAT never reached the places API"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The first Ctrl-C waits for the answer owed; the second does not.
+    signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "stopped before the answer owed"
+    );
+    let (clean, stderr) = stop(&mut child, "INT");
+    assert!(
+        !clean,
+        "a stop that left an answer undelivered must not look clean"
+    );
+    assert!(stderr.contains("second signal"), "{stderr}");
+}
+
 /// Waits until the file at `path` holds `text`, and returns it.
 fn wait_for_log(path: &Path, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -352,9 +436,9 @@ fn wait_for_log_times(path: &Path, text: &str, times: usize) -> String {
     }
 }
 
-#[test]
-fn past_max_clients_connections_are_closed_and_a_restarted_neighbor_still_links() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the config of a herd of two, Clark and Bona, linked, on free ports of loopback,
+/// and returns its path.
+fn two_node_config(dir: &Path) -> String {
     let (clark, bona) = (free_port(), free_port());
     let config = format!(
         "links = [[\"Clark\", \"Bona\"]]\n\
@@ -362,20 +446,46 @@ fn past_max_clients_connections_are_closed_and_a_restarted_neighbor_still_links(
          [log]\ndir = \"{}\"\n\
          [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:{clark}\"\n\
          [[nodes]]\nname = \"Bona\"\naddr = \"127.0.0.1:{bona}\"\n",
-        dir.path().join("logs").display()
+        dir.join("logs").display()
     );
-    let config_path = dir.path().join("herd.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let config = config_path.display().to_string();
-    let bona_command = || {
-        let mut command = Command::new(HERD);
-        command
-            .args(["run", "Bona", "-c", &config])
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::null());
-        command
-    };
+    let path = dir.join("herd.toml");
+    std::fs::write(&path, config).unwrap();
+    path.display().to_string()
+}
+
+/// `herd run Bona` of `config`, quiet.
+fn bona_command(config: &str, dir: &Path) -> Command {
+    let mut command = Command::new(HERD);
+    command
+        .args(["run", "Bona", "-c", config])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::null());
+    command
+}
+
+#[test]
+fn a_neighbor_that_is_down_is_said_once_and_its_return_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_node_config(dir.path());
+    let (mut clark, _, stderr) = start_reading_stderr(&config, dir.path());
+    let down = wait_for_stderr(&stderr, "link to Bona at");
+    assert!(down.contains("WARN") && down.contains("is down"), "{down}");
+    // Many dials fail meanwhile; none is said again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_bona, _) = spawn_listening(&mut bona_command(&config, dir.path()));
+    let back = wait_for_stderr(&stderr, "link to Bona at");
+    assert!(back.contains("INFO") && back.contains("is back"), "{back}");
+    let (clean, rest) = stop(&mut clark, "TERM");
+    assert!(clean);
+    assert!(!rest.contains("is down"), "{rest}");
+}
+
+#[test]
+fn past_max_clients_connections_are_closed_and_a_restarted_neighbor_still_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_node_config(dir.path());
+    let bona_command = || bona_command(&config, dir.path());
     // Clark has 64 descriptors: its links, places calls, log and listener take their
     // share, and clients get the rest.
     let mut command = clark_command(&config, dir.path(), Some("ulimit -n 64"));
