@@ -41,10 +41,8 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use log::debug;
+use log::{debug, warn};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::location_store::{Lookup, Store};
 use super::places_proxy::{NearbySearch, PlacesAnswer};
@@ -54,6 +52,8 @@ use crate::places_json::{self, UNKNOWN_ERROR};
 use crate::protocol::{self, Command, Nanos, Record};
 use crate::server_log::ServerLog;
 use crate::socket_out::{SocketOut, WriteLoop};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::tls;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::client_session=debug`.
 pub const LOG_TARGET: &str = "herd::client_session";
@@ -113,6 +113,9 @@ pub struct SessionSettings {
     pub links_in: InboundLinks,
     /// The client connections open, for the cap on them.
     pub clients: ClientCount,
+    /// Whether a hello needs a certificate naming the neighbor it says (a TLS link port):
+    /// the connection's certificate, verified against the herd's CA, must name it.
+    pub certified_hellos: bool,
 }
 
 /// The number of client connections a server holds; a connection stops counting once it
@@ -127,12 +130,22 @@ impl ClientCount {
         self.0.get()
     }
 
-    fn add(&self) {
+    /// Counts one more connection, until the slot is dropped.
+    pub fn take_slot(&self) -> ClientSlot {
         self.0.set(self.0.get() + 1);
+        ClientSlot(self.clone())
     }
+}
 
-    fn remove(&self) {
-        self.0.set(self.0.get().saturating_sub(1));
+/// One connection counted against the cap on clients; it stops counting when dropped (the
+/// connection closed, or became a neighbor's link).
+#[derive(Debug)]
+pub struct ClientSlot(ClientCount);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let count = &(self.0).0;
+        count.set(count.get().saturating_sub(1));
     }
 }
 
@@ -190,13 +203,17 @@ pub struct ClientSession {
     /// The actors this session asks: the store and the places proxy.
     services: Services,
     /// The answers due to the client, and the socket they go to.
-    out: SocketOut<OwnedWriteHalf>,
+    out: SocketOut<WriteHalf>,
     /// The answers owed, in line order (a line's number is its place in it).
     answers: AnswerQueue,
     /// WHATSATs whose answers are being worked out.
     whatsats_in_flight: usize,
-    /// Whether this connection counts against the cap on clients (until it is a link).
-    counted: bool,
+    /// This connection's place under the cap on clients, while it is a client's.
+    slot: Option<ClientSlot>,
+    /// Where the connection comes from, for the log.
+    from: Option<std::net::SocketAddr>,
+    /// The certificate the other end showed (on a TLS port), checked against a hello.
+    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
     /// The loop reading the socket, until the client's last line or a drain.
     reader: Option<SpawnHandle>,
     /// Wakes the reader, paused because too many answers are owed.
@@ -215,35 +232,18 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
-    /// Starts a session on an accepted connection, counted as a client until it says hello.
+    /// Starts a session on an accepted connection: a client's, counted under the cap on
+    /// clients while it holds `slot`, or one let in past the cap to show a neighbor's hello
+    /// (`None`).
     pub fn start(
-        stream: TcpStream,
+        stream: Stream,
         conn: u64,
         settings: SessionSettings,
         services: Services,
+        slot: Option<ClientSlot>,
     ) -> Addr<ClientSession> {
-        settings.clients.add();
-        Self::start_counted(stream, conn, settings, services, true)
-    }
-
-    /// Starts a session on a connection that has already shown a neighbor's hello (let in
-    /// past the cap on clients, so it does not count as one).
-    pub fn start_link(
-        stream: TcpStream,
-        conn: u64,
-        settings: SessionSettings,
-        services: Services,
-    ) -> Addr<ClientSession> {
-        Self::start_counted(stream, conn, settings, services, false)
-    }
-
-    fn start_counted(
-        stream: TcpStream,
-        conn: u64,
-        settings: SessionSettings,
-        services: Services,
-        counted: bool,
-    ) -> Addr<ClientSession> {
+        let from = stream.peer_addr().ok();
+        let certificate = stream.peer_certificate();
         let (read_half, write_half) = stream.into_split();
         ClientSession::create(move |ctx| {
             ctx.spawn(WriteLoop::new(|act: &mut ClientSession, ctx, waker| {
@@ -264,7 +264,9 @@ impl ClientSession {
                 out: SocketOut::new(write_half),
                 answers: AnswerQueue::default(),
                 whatsats_in_flight: 0,
-                counted,
+                slot,
+                from,
+                certificate,
                 reader: Some(reader),
                 room: None,
                 read_closed: false,
@@ -309,10 +311,19 @@ impl ClientSession {
             Command::Hello(hello) if self.peer.is_none() && slot == 0 => {
                 let neighbor = self.settings.neighbors.iter().find(|n| ***n == *hello.name);
                 match neighbor {
-                    Some(neighbor) => {
+                    Some(neighbor) if self.certified(neighbor) => {
                         let neighbor = Arc::clone(neighbor);
                         self.become_link(neighbor, ctx);
                         self.fill(slot, Answer::Silent);
+                    }
+                    Some(neighbor) => {
+                        let note = format!(
+                            "hello as {neighbor} refused: the connection's certificate does \
+                             not name {neighbor}"
+                        );
+                        warn!(target: LOG_TARGET, "{}: conn {}: {note}", self.settings.server, self.conn);
+                        self.settings.log.note(Some(self.conn), note);
+                        self.fill(slot, invalid(bytes));
                     }
                     None => self.fill(slot, invalid(bytes)),
                 }
@@ -395,14 +406,22 @@ impl ClientSession {
         self.settings.servers.iter().any(|s| **s == *server)
     }
 
+    /// Whether the connection may speak for `neighbor`: on a TLS link port, only if its
+    /// certificate names it.
+    fn certified(&self, neighbor: &str) -> bool {
+        !self.settings.certified_hellos
+            || self
+                .certificate
+                .as_ref()
+                .is_some_and(|certificate| tls::certifies(certificate, neighbor))
+    }
+
     /// The connection said a neighbor's hello: from now on it carries that neighbor's
     /// records. It no longer counts as a client, and replaces the neighbor's older link.
     fn become_link(&mut self, neighbor: Arc<str>, ctx: &mut Context<Self>) {
         let log = &self.settings.log;
         log.note(Some(self.conn), format!("link from {neighbor} accepted"));
-        if std::mem::take(&mut self.counted) {
-            self.settings.clients.remove();
-        }
+        self.slot = None;
         let older = self
             .settings
             .links_in
@@ -538,7 +557,7 @@ impl Actor for ClientSession {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        let peer = self.out.get_ref().peer_addr().map(|a| a.to_string());
+        let peer = self.from.map(|a| a.to_string());
         let peer = peer.as_deref().unwrap_or("an unknown address");
         self.settings
             .log
@@ -547,9 +566,6 @@ impl Actor for ClientSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if self.counted {
-            self.settings.clients.remove();
-        }
         if let Some(neighbor) = &self.peer {
             self.settings.links_in.remove(neighbor, self.conn);
             let note = format!("link from {neighbor} closed");
@@ -601,7 +617,7 @@ fn invalid(line: &[u8]) -> Answer {
 /// owing too much.
 struct ReadLoop {
     /// The socket's reading side.
-    half: OwnedReadHalf,
+    half: ReadHalf,
     /// Keeps a line cut by the end of a read until the next read completes it.
     splitter: LineSplitter,
     /// Bytes read but not yet taken, because the session came to owe too much part-way
@@ -707,6 +723,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::watch;
 
     /// A store that answers lookups from a fixed record and remembers what it was offered,
@@ -833,8 +850,10 @@ mod tests {
             max_clock_skew: Some(Duration::from_secs(300)),
             links_in: InboundLinks::default(),
             clients: ClientCount::default(),
+            certified_hellos: false,
         };
-        ClientSession::start(server, 1, settings, services);
+        let slot = settings.clients.take_slot();
+        ClientSession::start(Stream::Tcp(server), 1, settings, services, Some(slot));
         Harness {
             client,
             offered,

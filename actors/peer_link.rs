@@ -33,8 +33,8 @@ use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
+use tokio_rustls::{TlsConnector, TlsStream};
 
 use super::location_store::{Snapshot, Stored};
 use crate::backoff::Backoff;
@@ -42,6 +42,8 @@ use crate::line::LineSplitter;
 use crate::protocol::Record;
 use crate::server_log::ServerLog;
 use crate::socket_out::{Flushed, SocketOut, WriteLoop};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::tls::{self, CurrentTls};
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::peer_link=debug`.
 pub const LOG_TARGET: &str = "herd::peer_link";
@@ -81,6 +83,9 @@ pub struct PeerLink {
     neighbor: Arc<str>,
     /// Where the neighbor accepts herd links.
     addr: SocketAddr,
+    /// With `[tls]`: the settings in force, for each dial. The neighbor's certificate must
+    /// name the neighbor.
+    tls: Option<CurrentTls>,
     /// The store, asked for every record on each connection.
     snapshot: Recipient<Snapshot>,
     /// The server's log: the link's lines and its opened/dropped notes.
@@ -104,7 +109,7 @@ struct Connection {
     /// The connection's number in the log.
     conn: u64,
     /// The bytes due to the neighbor, and the socket they go to.
-    out: SocketOut<OwnedWriteHalf>,
+    out: SocketOut<WriteHalf>,
     /// Snapshot records not yet moved into `out`.
     backlog: std::vec::IntoIter<Arc<str>>,
     /// The loop that flushes again once a full socket can take more. It is cancelled
@@ -118,11 +123,13 @@ struct Connection {
 }
 
 impl PeerLink {
-    /// A link from server `me` to `neighbor` at `addr`; it dials once started.
+    /// A link from server `me` to `neighbor` at `addr`, over TLS with `tls`; it dials once
+    /// started.
     pub fn new(
         me: Arc<str>,
         neighbor: Arc<str>,
         addr: SocketAddr,
+        tls: Option<CurrentTls>,
         snapshot: Recipient<Snapshot>,
         log: ServerLog,
     ) -> PeerLink {
@@ -130,6 +137,7 @@ impl PeerLink {
             me,
             neighbor,
             addr,
+            tls,
             snapshot,
             log,
             backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
@@ -144,7 +152,22 @@ impl PeerLink {
     fn dial(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
         let generation = self.generation;
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
+        let (addr, neighbor) = (self.addr, Arc::clone(&self.neighbor));
+        let tls = self.tls.as_ref().map(CurrentTls::get);
+        let connect = async move {
+            let stream = TcpStream::connect(addr).await?;
+            // Records are written whole, many at a time; Nagle would only delay them.
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = tls else {
+                return Ok(Stream::Tcp(stream));
+            };
+            let connector = TlsConnector::from(Arc::clone(&tls.dialling));
+            let stream = connector
+                .connect(tls::server_name(&neighbor)?, stream)
+                .await?;
+            Ok::<_, std::io::Error>(Stream::Tls(Box::new(TlsStream::Client(stream))))
+        };
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, connect);
         ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
             if act.generation != generation {
                 return;
@@ -180,8 +203,7 @@ impl PeerLink {
         ctx.run_later(delay, |act, ctx| act.dial(ctx));
     }
 
-    fn up(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
-        let _ = stream.set_nodelay(true);
+    fn up(&mut self, stream: Stream, ctx: &mut Context<Self>) {
         let (read_half, write_half) = stream.into_split();
         let generation = self.generation;
         let conn = self.log.next_conn();
@@ -413,7 +435,7 @@ impl Handler<Close> for PeerLink {
 /// the hello (`? PEER <me>`) ends the link; any other answer refuses one record, and is
 /// said once per connection (every line is in the server's log).
 async fn watch_neighbor(
-    mut half: OwnedReadHalf,
+    mut half: ReadHalf,
     link: Addr<PeerLink>,
     generation: u64,
     log: ServerLog,
@@ -520,6 +542,7 @@ mod tests {
             Arc::from("Clark"),
             Arc::from("Bona"),
             addr,
+            None,
             store.recipient(),
             log,
         )

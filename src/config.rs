@@ -124,6 +124,21 @@ pub enum ConfigError {
          two underscores before the key (HERD_PLACES__URL)"
     )]
     MisspelledOverride(String),
+    /// `[tls]` without a `peer_addr` for a server.
+    #[error(
+        "server {0:?} has no peer_addr: with [tls], herd links go over TLS on a port of their \
+         own, so every server needs one"
+    )]
+    TlsWithoutPeerAddr(String),
+    /// `tls_addr` without `[tls]`.
+    #[error("server {0:?} has a tls_addr but the config has no [tls] dir for its certificate")]
+    TlsAddrWithoutTls(String),
+    /// With `[tls]`, a name that a certificate cannot carry.
+    #[error(
+        "server name {0:?} is not a DNS name (letters, digits, '-', '_' and '.'), which a \
+         certificate must carry with [tls]"
+    )]
+    NotADnsName(String),
     /// A limit or timeout of zero.
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
@@ -200,6 +215,15 @@ pub struct Limits {
     pub max_clients: Option<usize>,
 }
 
+/// `[tls]`: the herd's links speak mutual TLS, each server proving its name with a
+/// certificate of the herd's own CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Where `ca.pem` and each server's `<Name>.pem` and `<Name>.key` are (`herd certs`
+    /// makes them), relative to the working directory.
+    pub dir: PathBuf,
+}
+
 /// One `[[nodes]]` table: a server of the herd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -212,6 +236,8 @@ pub struct NodeConfig {
     /// Where the server binds its client port, when others reach it at `addr` through
     /// another address (`0.0.0.0:10003` beside `addr = "10.0.0.3:10003"`).
     pub listen: Option<SocketAddr>,
+    /// Where clients reach the server over TLS, if anywhere (with `[tls]`).
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -230,6 +256,8 @@ pub struct HerdConfig {
     pub log: LogConfig,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[tls]`, when the herd's links are encrypted and authenticated.
+    pub tls: Option<TlsConfig>,
     /// Every server, in file order.
     pub nodes: Vec<NodeConfig>,
     /// Every link, as written (each one goes both ways).
@@ -242,6 +270,7 @@ struct RawConfig {
     places: Option<RawPlaces>,
     log: Option<RawLog>,
     limits: Option<RawLimits>,
+    tls: Option<RawTls>,
     nodes: Option<Vec<RawNode>>,
     #[serde(default)]
     links: Vec<(String, String)>,
@@ -279,10 +308,17 @@ struct RawNode {
     addr: String,
     peer_addr: Option<String>,
     listen: Option<String>,
+    tls_addr: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    dir: String,
 }
 
 /// The sections a setting from the environment can be in (`HERD_<SECTION>__<KEY>`).
-const ENV_SECTIONS: [&str; 3] = ["PLACES", "LOG", "LIMITS"];
+const ENV_SECTIONS: [&str; 4] = ["PLACES", "LOG", "LIMITS", "TLS"];
 
 /// The variables of `env` that are settings, `HERD_<SECTION>__<KEY>`. Other variables that
 /// happen to start with `HERD_` (a test's `HERD_TEST_SEED`, say) are not the config's and
@@ -421,6 +457,8 @@ impl HerdConfig {
             .unwrap_or(DEFAULT_MAX_CLOCK_SKEW_S);
         let nodes = validate_nodes(raw.nodes.ok_or(ConfigError::MissingSection("nodes"))?)?;
         validate_links(&nodes, &raw.links)?;
+        let tls = raw.tls.map(|t| TlsConfig { dir: t.dir.into() });
+        validate_tls(tls.as_ref(), &nodes)?;
         Ok(HerdConfig {
             places: PlacesConfig {
                 api,
@@ -444,6 +482,7 @@ impl HerdConfig {
                 max_clock_skew: (skew_s > 0).then(|| Duration::from_secs(skew_s)),
                 max_clients: raw_limits.max_clients,
             },
+            tls,
             nodes,
             links: raw.links,
         })
@@ -519,11 +558,17 @@ fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<NodeConfig>, ConfigError> {
                 .as_deref()
                 .map(|a| parse("listen", a))
                 .transpose()?,
+            tls_addr: n
+                .tls_addr
+                .as_deref()
+                .map(|a| parse("tls_addr", a))
+                .transpose()?,
             name: n.name,
         };
         let addresses = [
             Some(("addr", node.addr)),
             node.peer_addr.map(|a| ("peer_addr", a)),
+            node.tls_addr.map(|a| ("tls_addr", a)),
         ];
         for (field, addr) in addresses.into_iter().flatten() {
             let user = format!("{}.{field}", node.name);
@@ -538,6 +583,27 @@ fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<NodeConfig>, ConfigError> {
         nodes.push(node);
     }
     Ok(nodes)
+}
+
+/// With `[tls]`, every server needs a `peer_addr` (its port for TLS links) and a name that a
+/// certificate can carry (a DNS name); `tls_addr` needs `[tls]`, for its certificate.
+fn validate_tls(tls: Option<&TlsConfig>, nodes: &[NodeConfig]) -> Result<(), ConfigError> {
+    for node in nodes {
+        match tls {
+            None if node.tls_addr.is_some() => {
+                return Err(ConfigError::TlsAddrWithoutTls(node.name.clone()));
+            }
+            None => {}
+            Some(_) if node.peer_addr.is_none() => {
+                return Err(ConfigError::TlsWithoutPeerAddr(node.name.clone()));
+            }
+            Some(_) if rustls::pki_types::DnsName::try_from(node.name.as_str()).is_err() => {
+                return Err(ConfigError::NotADnsName(node.name.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn validate_links(nodes: &[NodeConfig], links: &[(String, String)]) -> Result<(), ConfigError> {
@@ -575,6 +641,9 @@ impl fmt::Display for HerdConfig {
             if let Some(l) = n.listen {
                 write!(f, "  listen {l}")?;
             }
+            if let Some(t) = n.tls_addr {
+                write!(f, "  tls_addr {t}")?;
+            }
             let neighbors: Vec<_> = self.neighbors(&n.name).map(|m| m.name.as_str()).collect();
             writeln!(f, "  neighbors: {}", neighbors.join(", "))?;
         }
@@ -593,6 +662,14 @@ impl fmt::Display for HerdConfig {
             self.places.max_concurrent
         )?;
         writeln!(f, "log dir: {}", self.log.dir.display())?;
+        match &self.tls {
+            Some(tls) => writeln!(
+                f,
+                "tls: links over mutual TLS, certificates in {}",
+                tls.dir.display()
+            )?,
+            None => writeln!(f, "tls: off (links in plain TCP)")?,
+        }
         writeln!(f, "max line: {} bytes", self.limits.max_line_bytes)?;
         match self.limits.max_clock_skew {
             Some(skew) => writeln!(f, "client clocks: at most {} s ahead", skew.as_secs())?,

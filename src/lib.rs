@@ -8,6 +8,8 @@
 //!
 //! - [`protocol`]: the client and herd line protocol as pure values (parse, format).
 //! - [`line`](mod@line): cutting a byte stream into lines, with a length limit.
+//! - [`answer_queue`]: the answers a connection owes, leaving in the order of its lines.
+//! - [`socket_out`]: the sending side of a connection, shared by sessions and links.
 //! - [`record_table`]: the latest record per client, in a table that grows without a stall.
 //! - [`answer_cache`]: places answers kept for reuse (time to live, least recently used out).
 //! - [`places_json`]: the places API's answer format (cut to a bound, error objects).
@@ -17,6 +19,8 @@
 //! - [`backoff`]: capped exponential backoff with jitter, for reconnecting links.
 //! - [`actors`]: the actors and their typed messages, one module per actor
 //!   (`ClientSession`, `LocationStore`, `PeerLink`, `PlacesProxy`).
+//! - [`stream`]: a connection's bytes, plain TCP or TLS, split for reading and writing.
+//! - [`tls`]: the herd's certificates, read into rustls, and who a certificate names.
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.
@@ -41,3 +45,5 @@ pub mod protocol;
 pub mod record_table;
 pub mod server_log;
 pub mod socket_out;
+pub mod stream;
+pub mod tls;

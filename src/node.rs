@@ -6,29 +6,35 @@
 //! listener ([`Node::start_on`]) so tests can bind port 0 and start whole herds in one
 //! process; [`Node::start`] binds the configured address first.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use log::{debug, info, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::actors::client_session::{
-    ClientCount, ClientSession, Drain, InboundLinks, Services, SessionSettings,
+    ClientCount, ClientSession, ClientSlot, Drain, InboundLinks, Services, SessionSettings,
 };
 use crate::actors::location_store::{LocationStore, Subscribe};
 use crate::actors::peer_link::{Close, PeerLink};
 use crate::actors::places_proxy::{ApiKey, PlacesProxy};
 use crate::config::{ConfigError, HerdConfig};
-use crate::protocol::Command;
+use crate::protocol::{self, Command};
 use crate::server_log::{LogWriter, ServerLog};
+use crate::stream::Stream;
+use crate::tls::{self, CurrentTls, HerdTls, TlsError};
 
 /// The log target of start-up, accept and shutdown messages.
 pub const LOG_TARGET: &str = "herd::node";
@@ -43,6 +49,9 @@ const HELLO_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest hello line looked for on a connection past the cap on clients.
 const HELLO_PEEK_BYTES: usize = 512;
+
+/// How often a server looks whether its certificate is near its end.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a stopping server waits for sessions to deliver what they owe, beyond the
 /// places timeout (the longest any answer can take).
@@ -63,6 +72,14 @@ pub enum StartError {
         addr: SocketAddr,
         /// Why not: in the message, not a separate source, so that it is said once.
         error: io::Error,
+    },
+    /// The server's TLS files could not be used.
+    #[error("{name}: {error}")]
+    Tls {
+        /// The server.
+        name: String,
+        /// What is wrong with them: in the message, so that it is said once.
+        error: TlsError,
     },
     /// The log file could not be opened.
     #[error("{name}: cannot open its log in {dir}: {error}")]
@@ -85,6 +102,12 @@ pub struct Node {
     store: Addr<LocationStore>,
     links: Vec<Addr<PeerLink>>,
     clients: ClientCount,
+    /// The TLS settings in force, with `[tls]`.
+    tls: Option<CurrentTls>,
+    /// Where the TLS files are read from again on [`Node::reload_tls`].
+    tls_dir: Option<PathBuf>,
+    /// The task that warns of a certificate near its end, daily.
+    watching_expiry: Option<JoinHandle<()>>,
     log: ServerLog,
     log_writer: LogWriter,
     stop: watch::Sender<bool>,
@@ -121,19 +144,33 @@ impl Node {
         let client_addr = listener
             .local_addr()
             .map_err(|e| bind_error(node.listen_addr(), e))?;
-        let peer_listener = match node.peer_addr {
-            Some(peer_addr) => {
-                let ip = node.listen.map_or(peer_addr.ip(), |l| l.ip());
-                let addr = SocketAddr::new(ip, peer_addr.port());
-                let listener = std::net::TcpListener::bind(addr)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .and_then(TcpListener::from_std)
-                    .map_err(|e| bind_error(addr, e))?;
-                Some(listener)
+        // The other ports are bound on the `listen` IP when one is set.
+        let bind_also = |configured: Option<SocketAddr>| -> Result<_, StartError> {
+            let Some(configured) = configured else {
+                return Ok(None);
+            };
+            let ip = node.listen.map_or(configured.ip(), |l| l.ip());
+            let addr = SocketAddr::new(ip, configured.port());
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+                .map_err(|e| bind_error(addr, e))?;
+            Ok(Some(listener))
+        };
+        let peer_listener = bind_also(node.peer_addr)?;
+        let tls_listener = bind_also(node.tls_addr)?;
+        let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = HerdTls::load(&files.dir, name).map_err(|error| StartError::Tls {
+                    name: name.to_owned(),
+                    error,
+                })?;
+                Some(CurrentTls::new(tls))
             }
             None => None,
         };
-        let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (log, log_writer) =
             ServerLog::open(&config.log.dir, name).map_err(|error| StartError::Log {
                 name: name.to_owned(),
@@ -150,7 +187,17 @@ impl Node {
             None => log.note(None, format!("{name} listening on {client_addr}")),
         }
         if let Some(peer_addr) = peer_addr {
-            log.note(None, format!("{name} accepting herd links on {peer_addr}"));
+            let how = if tls.is_some() { " over TLS" } else { "" };
+            log.note(
+                None,
+                format!("{name} accepting herd links on {peer_addr}{how}"),
+            );
+        }
+        if let Some(tls_addr) = tls_addr {
+            log.note(
+                None,
+                format!("{name} listening for TLS clients on {tls_addr}"),
+            );
         }
         if key.is_none() {
             log.note(
@@ -167,6 +214,7 @@ impl Node {
                 Arc::clone(&me),
                 Arc::from(neighbor.name.as_str()),
                 neighbor.peer_addr.unwrap_or(neighbor.addr),
+                tls.clone(),
                 store.clone().recipient(),
                 log.clone(),
             )
@@ -199,6 +247,7 @@ impl Node {
             max_clock_skew: config.limits.max_clock_skew,
             links_in: InboundLinks::default(),
             clients: ClientCount::default(),
+            certified_hellos: false,
             log: log.clone(),
             // With a separate peer address, a hello on the client address is refused.
             neighbors: if peer_listener.is_some() {
@@ -216,14 +265,26 @@ impl Node {
             stopped,
             grace: config.places.timeout + SHUTDOWN_GRACE,
             max_clients: config.limits.max_clients.unwrap_or(usize::MAX),
+            tls: None,
         };
-        let mut accepting = Vec::new();
+        let mut accepting = vec![actix_rt::spawn(accept.clone().run(listener))];
         if let Some(peer_listener) = peer_listener {
             let mut accept = accept.clone();
             accept.settings.neighbors = neighbors;
+            if let Some(tls) = &tls {
+                accept.settings.certified_hellos = true;
+                accept.tls = Some((tls.clone(), Port::Links));
+            }
             accepting.push(actix_rt::spawn(accept.run(peer_listener)));
         }
-        accepting.insert(0, actix_rt::spawn(accept.run(listener)));
+        if let (Some(tls_listener), Some(tls)) = (tls_listener, &tls) {
+            let mut accept = accept;
+            accept.tls = Some((tls.clone(), Port::Clients));
+            accepting.push(actix_rt::spawn(accept.run(tls_listener)));
+        }
+        let watching_expiry = tls
+            .clone()
+            .map(|tls| actix_rt::spawn(watch_expiry(tls, log.clone(), name.to_owned())));
         debug!(target: LOG_TARGET, "{name} listening on {client_addr}");
         Ok(Node {
             name: name.to_owned(),
@@ -232,6 +293,9 @@ impl Node {
             store,
             links,
             clients,
+            tls,
+            tls_dir: config.tls.as_ref().map(|t| t.dir.clone()),
+            watching_expiry,
             log,
             log_writer,
             stop,
@@ -270,10 +334,38 @@ impl Node {
         self.log_writer.reopen();
     }
 
+    /// Reads the TLS files again (on SIGUSR1): connections opened from now on use them, those
+    /// open keep theirs. Files that cannot be used are said, and the ones in force kept.
+    pub fn reload_tls(&self) {
+        let (Some(tls), Some(dir)) = (&self.tls, &self.tls_dir) else {
+            return;
+        };
+        match HerdTls::load(dir, &self.name) {
+            Ok(fresh) => {
+                let warning = fresh.expiry_warning(SystemTime::now());
+                tls.set(fresh);
+                self.log
+                    .note(None, "TLS files read again: new connections use them");
+                if let Some(warning) = warning {
+                    warn!(target: LOG_TARGET, "{}: {warning}", self.name);
+                    self.log.note(None, warning);
+                }
+            }
+            Err(e) => {
+                let note = format!("TLS files not read again, those in force kept: {e}");
+                warn!(target: LOG_TARGET, "{}: {note}", self.name);
+                self.log.note(None, note);
+            }
+        }
+    }
+
     /// Stops accepting, lets every session deliver the answers it owes (within the places
     /// timeout and a second), closes the links, then flushes and closes the log.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some(watching) = &self.watching_expiry {
+            watching.abort();
+        }
         for accepting in self.accepting {
             let _ = accepting.await;
         }
@@ -307,14 +399,28 @@ struct Accept {
     grace: Duration,
     /// The most client connections the server holds at once.
     max_clients: usize,
+    /// On a TLS port: the settings in force, and which port it is.
+    tls: Option<(CurrentTls, Port)>,
+}
+
+/// Which TLS port a listener is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    /// The peer port with `[tls]`: neighbors show a certificate of the herd's CA.
+    Links,
+    /// `tls_addr`: clients show nothing.
+    Clients,
 }
 
 impl Accept {
     /// An accept loop, then, once told to stop, the draining of the sessions it started.
     async fn run(mut self, listener: TcpListener) {
         let settings = self.settings.clone();
-        let mut sessions: Vec<Addr<ClientSession>> = Vec::new();
-        let mut prune_at = 64;
+        let opening = Opening {
+            settings: self.settings.clone(),
+            services: self.services.clone(),
+            sessions: Rc::default(),
+        };
         // Accepts that failed in a row: the first and the recovery are said, not each retry.
         let mut failed = 0u64;
         // Connections come past the cap on clients since the last one taken: the first
@@ -353,7 +459,8 @@ impl Accept {
             }
             // Answers are written whole; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
-            if settings.clients.get() >= self.max_clients {
+            let at_cap = settings.clients.get() >= self.max_clients;
+            if at_cap {
                 if past_cap == 0 {
                     let note = format!(
                         "holding max_clients ({}) client connections: new ones are closed \
@@ -364,19 +471,12 @@ impl Accept {
                     settings.log.note(None, note);
                 }
                 past_cap += 1;
-                // A neighbor's link may come on this listener: it is let in past the cap.
-                if probing.get() < settings.neighbors.len() {
-                    probing.set(probing.get() + 1);
-                    let admit = admit_link(stream, self.settings.clone(), self.services.clone());
-                    let probing = Rc::clone(&probing);
-                    actix_rt::spawn(async move {
-                        admit.await;
-                        probing.set(probing.get() - 1);
-                    });
+                // A neighbor's link may come on this listener: it is let in past the cap,
+                // a few connections at a time.
+                if probing.get() >= settings.neighbors.len() {
+                    continue;
                 }
-                continue;
-            }
-            if past_cap > 0 {
+            } else if past_cap > 0 {
                 let note = format!(
                     "taking clients again, after {past_cap} connections came past max_clients"
                 );
@@ -384,16 +484,30 @@ impl Accept {
                 settings.log.note(None, note);
                 past_cap = 0;
             }
-            let conn = settings.log.next_conn();
-            let session =
-                ClientSession::start(stream, conn, settings.clone(), self.services.clone());
-            sessions.push(session);
-            if sessions.len() >= prune_at {
-                sessions.retain(Addr::connected);
-                prune_at = (sessions.len() * 2).max(64);
+            let slot = (!at_cap).then(|| settings.clients.take_slot());
+            let opening = opening.clone();
+            let work = match &self.tls {
+                None if !at_cap => {
+                    opening.start(Stream::Tcp(stream), slot);
+                    continue;
+                }
+                None => Box::pin(admit_link(stream, opening)) as Pin<Box<dyn Future<Output = ()>>>,
+                Some((tls, port)) => Box::pin(open_tls(stream, tls.get(), *port, opening, slot)),
+            };
+            // Past the cap, the connections looked at are counted.
+            if at_cap {
+                probing.set(probing.get() + 1);
             }
+            let probing = Rc::clone(&probing);
+            actix_rt::spawn(async move {
+                work.await;
+                if at_cap {
+                    probing.set(probing.get() - 1);
+                }
+            });
         }
         drop(listener);
+        let sessions = std::mem::take(&mut *opening.sessions.borrow_mut());
         for session in &sessions {
             session.do_send(Drain);
         }
@@ -404,13 +518,140 @@ impl Accept {
     }
 }
 
+/// What starting a session on an accepted connection needs, and the sessions started, to
+/// be drained when the server stops.
+#[derive(Clone)]
+struct Opening {
+    settings: SessionSettings,
+    services: Services,
+    sessions: Rc<RefCell<Vec<Addr<ClientSession>>>>,
+}
+
+impl Opening {
+    /// Starts a session on `stream`, a client's while it holds `slot`.
+    fn start(&self, stream: Stream, slot: Option<ClientSlot>) {
+        let conn = self.settings.log.next_conn();
+        let settings = self.settings.clone();
+        let session = ClientSession::start(stream, conn, settings, self.services.clone(), slot);
+        let mut sessions = self.sessions.borrow_mut();
+        sessions.push(session);
+        // Forget those that ended, now and then: as many checks as sessions, all told.
+        if sessions.len().is_power_of_two() && sessions.len() >= 64 {
+            sessions.retain(Addr::connected);
+        }
+    }
+}
+
+/// The first byte of a TLS client's first message (a handshake record); a client that
+/// speaks plain text to a TLS port starts with a letter.
+const TLS_HANDSHAKE_RECORD: u8 = 22;
+
+/// How long a TLS handshake may take before the connection is closed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a session on a TLS port: the handshake, then the session over it. A connection
+/// that speaks plain text gets its first line answered `? ...` (a refused hello, on the
+/// links' port) and is closed; a failed handshake (a certificate of another CA, say) is
+/// said in the log, with the reason. Past the cap on clients (no `slot`), only a
+/// neighbor's certificate is let in.
+async fn open_tls(
+    stream: TcpStream,
+    tls: Arc<HerdTls>,
+    port: Port,
+    opening: Opening,
+    slot: Option<ClientSlot>,
+) {
+    let settings = &opening.settings;
+    let from = stream
+        .peer_addr()
+        .map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => return refuse_plain_text(stream, settings, &from, port).await,
+        _ => return,
+    }
+    let config = match port {
+        Port::Links => Arc::clone(&tls.links_in),
+        Port::Clients => Arc::clone(&tls.clients_in),
+    };
+    let handshake = TlsAcceptor::from(config).accept(stream);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => Stream::Tls(Box::new(TlsStream::Server(stream))),
+        Ok(Err(e)) => {
+            return say_refused(settings, &format!("TLS handshake from {from} failed: {e}"));
+        }
+        Err(_) => return say_refused(settings, &format!("TLS handshake from {from} timed out")),
+    };
+    if slot.is_none() {
+        let certificate = stream.peer_certificate();
+        let neighbor = |n: &Arc<str>| certificate.as_ref().is_some_and(|c| tls::certifies(c, n));
+        if !settings.neighbors.iter().any(neighbor) {
+            return;
+        }
+    }
+    opening.start(stream, slot);
+}
+
+/// Answers the first line of a connection that speaks plain text to a TLS port as any
+/// invalid line is answered, then closes it.
+async fn refuse_plain_text(
+    mut stream: TcpStream,
+    settings: &SessionSettings,
+    from: &str,
+    port: Port,
+) {
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while line.len() < settings.max_line_bytes {
+            match stream.read(&mut byte).await {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => line.push(byte[0]),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HELLO_WAIT, read).await;
+    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+    let answer = protocol::invalid_answer(line);
+    let _ = tokio::time::timeout(HELLO_WAIT, stream.write_all(answer.as_bytes())).await;
+    let port = match port {
+        Port::Links => "links' TLS port",
+        Port::Clients => "TLS port for clients",
+    };
+    say_refused(
+        settings,
+        &format!(
+            "plain text from {from} on the {port} refused: {}",
+            answer.trim_end()
+        ),
+    );
+}
+
+/// Says a connection refused before it had a session, in the log and on standard error.
+fn say_refused(settings: &SessionSettings, note: &str) {
+    warn!(target: LOG_TARGET, "{}: {note}", settings.server);
+    settings.log.note(None, note);
+}
+
+/// Warns of the server's certificate when it is near its end: at start, and once a day.
+async fn watch_expiry(tls: CurrentTls, log: ServerLog, name: String) {
+    loop {
+        if let Some(warning) = tls.get().expiry_warning(SystemTime::now()) {
+            warn!(target: LOG_TARGET, "{name}: {warning}");
+            log.note(None, warning);
+        }
+        tokio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
+    }
+}
+
 /// Lets a connection that came past the cap on clients in as a link if its first line,
 /// within [`HELLO_WAIT`], is a neighbor's hello; closes it otherwise.
-async fn admit_link(stream: TcpStream, settings: SessionSettings, services: Services) {
-    let hello = tokio::time::timeout(HELLO_WAIT, peek_hello(&stream, &settings.neighbors));
-    if let Ok(true) = hello.await {
-        let conn = settings.log.next_conn();
-        ClientSession::start_link(stream, conn, settings, services);
+async fn admit_link(stream: TcpStream, opening: Opening) {
+    let hello = peek_hello(&stream, &opening.settings.neighbors);
+    if let Ok(true) = tokio::time::timeout(HELLO_WAIT, hello).await {
+        opening.start(Stream::Tcp(stream), None);
     }
 }
 
