@@ -113,6 +113,9 @@ pub struct SessionSettings {
     pub links_in: InboundLinks,
     /// The client connections open, for the cap on them.
     pub clients: ClientCount,
+    /// Whether the store writes records to a file before it answers for them: then every
+    /// IAMAT's answer waits for the store, links or not.
+    pub durable: bool,
     /// Whether a hello needs a certificate naming the neighbor it says (a TLS link port):
     /// the connection's certificate, verified against the herd's CA, must name it.
     pub certified_hellos: bool,
@@ -470,8 +473,8 @@ impl ClientSession {
             return self.services.store.do_send(store);
         };
         let lines = first..self.answers.next_line();
-        if !self.flood_first() {
-            // No link has to take these records, and the store takes them before any
+        if !self.wait_for_store() {
+            // No link or file has to take these records, and the store takes them before any
             // message sent after this one (a `Lookup` included): their answers are due now,
             // without a round trip to the store (measured: ~0.2-0.35 us, 4-5%, per IAMAT).
             self.services.store.do_send(store);
@@ -490,13 +493,15 @@ impl ClientSession {
         }));
     }
 
-    /// Whether the records of this connection may have to go out on a link before their
-    /// answers: the server has a neighbor other than the one they came from.
-    fn flood_first(&self) -> bool {
-        self.settings
-            .links
-            .iter()
-            .any(|link| Some(link) != self.peer.as_ref())
+    /// Whether the answers to this connection's records must wait for the store: it writes
+    /// them to its file first, or a link other than the one they came from must take them.
+    fn wait_for_store(&self) -> bool {
+        self.settings.durable
+            || self
+                .settings
+                .links
+                .iter()
+                .any(|link| Some(link) != self.peer.as_ref())
     }
 
     /// The records of `lines` are stored: their answers are due.
@@ -850,6 +855,7 @@ mod tests {
             max_clock_skew: Some(Duration::from_secs(300)),
             links_in: InboundLinks::default(),
             clients: ClientCount::default(),
+            durable: false,
             certified_hellos: false,
         };
         let slot = settings.clients.take_slot();

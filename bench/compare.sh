@@ -223,6 +223,9 @@ cache_ttl_s = 0
 [log]
 dir = "$TMP/logs"
 
+[store]
+dir = "$TMP/data"
+
 [[nodes]]
 name = "Clark"
 addr = "$CLARK_ADDR"

@@ -49,7 +49,8 @@ herd_config() {
     if [[ -n $links ]]; then
         printf 'links = %s\n\n' "$links"
     fi
-    printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n' "$logs"
+    printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n\n[store]\ndir = "%s"\n' \
+        "$logs" "$(dirname "$logs")/data"
     for node in "$@"; do
         printf '\n[[nodes]]\nname = "%s"\naddr = "%s"\n' "${node%%=*}" "${node#*=}"
     done

@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 8192;
 /// How far ahead of the server's clock a client's time may be by default, in seconds.
 pub const DEFAULT_MAX_CLOCK_SKEW_S: u64 = 300;
 
+/// Where each server keeps its store file by default, relative to the working directory.
+const DEFAULT_STORE_DIR: &str = "data";
+
+/// The smallest store file that is rewritten by default: 64 MiB, as Redis's default.
+pub const DEFAULT_REWRITE_MIN_BYTES: u64 = 64 << 20;
+
 /// The prefix of environment overrides: `HERD_PLACES__URL` sets `places.url`.
 const ENV_PREFIX: &str = "HERD";
 
@@ -139,6 +145,9 @@ pub enum ConfigError {
          certificate must carry with [tls]"
     )]
     NotADnsName(String),
+    /// `[store] fsync` names no policy.
+    #[error("store.fsync = {0:?} is not a policy: use \"always\", \"everysec\" or \"no\"")]
+    UnsupportedFsync(String),
     /// A limit or timeout of zero.
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
@@ -198,6 +207,47 @@ pub struct LogConfig {
     pub dir: PathBuf,
 }
 
+/// `[store]`: where each server keeps the records it stores, so that they survive a crash
+/// and a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The directory of `<Name>.aof` files, relative to the working directory; `None` (an
+    /// empty `dir` in the file) keeps records in memory only.
+    pub dir: Option<PathBuf>,
+    /// When the file is synced to the disk.
+    pub fsync: Fsync,
+    /// The smallest file that is rewritten (when more than twice the size of the records
+    /// held), as Redis's `auto-aof-rewrite-min-size`: rewriting a small file gains little.
+    pub rewrite_min_bytes: u64,
+}
+
+/// When a server's store file is synced to the disk, as Redis's `appendfsync`. Every
+/// policy writes a record to the file (the kernel holds it) before the answer that
+/// acknowledges it, so a server killed loses nothing; the policy decides what a power cut
+/// or a crash of the machine may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Each answer waits until its record is on the disk (one sync for all the records
+    /// waiting at that moment): nothing acknowledged is lost.
+    Always,
+    /// A thread syncs once a second; clients never wait for the disk, and at most about a
+    /// second of records is lost.
+    EverySec,
+    /// The kernel writes the file out when it will.
+    No,
+}
+
+impl fmt::Display for Fsync {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fsync::Always => "always",
+            Fsync::EverySec => "everysec",
+            Fsync::No => "no",
+        })
+    }
+}
+
 /// `[limits]`: bounds on what one client can make a server hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -254,6 +304,8 @@ pub struct HerdConfig {
     pub places: PlacesConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
     /// `[limits]`.
     pub limits: Limits,
     /// `[tls]`, when the herd's links are encrypted and authenticated.
@@ -269,6 +321,7 @@ pub struct HerdConfig {
 struct RawConfig {
     places: Option<RawPlaces>,
     log: Option<RawLog>,
+    store: Option<RawStore>,
     limits: Option<RawLimits>,
     tls: Option<RawTls>,
     nodes: Option<Vec<RawNode>>,
@@ -291,6 +344,14 @@ struct RawPlaces {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    dir: Option<String>,
+    fsync: Option<String>,
+    rewrite_min_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -318,7 +379,7 @@ struct RawTls {
 }
 
 /// The sections a setting from the environment can be in (`HERD_<SECTION>__<KEY>`).
-const ENV_SECTIONS: [&str; 4] = ["PLACES", "LOG", "LIMITS", "TLS"];
+const ENV_SECTIONS: [&str; 5] = ["PLACES", "LOG", "STORE", "LIMITS", "TLS"];
 
 /// The variables of `env` that are settings, `HERD_<SECTION>__<KEY>`. Other variables that
 /// happen to start with `HERD_` (a test's `HERD_TEST_SEED`, say) are not the config's and
@@ -458,6 +519,16 @@ impl HerdConfig {
         let nodes = validate_nodes(raw.nodes.ok_or(ConfigError::MissingSection("nodes"))?)?;
         validate_links(&nodes, &raw.links)?;
         let tls = raw.tls.map(|t| TlsConfig { dir: t.dir.into() });
+        let raw_store = raw.store.unwrap_or_default();
+        let fsync = match raw_store.fsync.as_deref().unwrap_or("everysec") {
+            "always" => Fsync::Always,
+            "everysec" => Fsync::EverySec,
+            "no" => Fsync::No,
+            other => return Err(ConfigError::UnsupportedFsync(other.to_owned())),
+        };
+        let store_dir = raw_store
+            .dir
+            .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
         validate_tls(tls.as_ref(), &nodes)?;
         Ok(HerdConfig {
             places: PlacesConfig {
@@ -476,6 +547,13 @@ impl HerdConfig {
                     .and_then(|l| l.dir)
                     .unwrap_or_else(|| "logs".to_owned())
                     .into(),
+            },
+            store: StoreConfig {
+                dir: (!store_dir.is_empty()).then(|| store_dir.into()),
+                fsync,
+                rewrite_min_bytes: raw_store
+                    .rewrite_min_bytes
+                    .unwrap_or(DEFAULT_REWRITE_MIN_BYTES),
             },
             limits: Limits {
                 max_line_bytes,
@@ -662,6 +740,10 @@ impl fmt::Display for HerdConfig {
             self.places.max_concurrent
         )?;
         writeln!(f, "log dir: {}", self.log.dir.display())?;
+        match &self.store.dir {
+            Some(dir) => writeln!(f, "store: {} (fsync {})", dir.display(), self.store.fsync)?,
+            None => writeln!(f, "store: off (records in memory only)")?,
+        }
         match &self.tls {
             Some(tls) => writeln!(
                 f,

@@ -47,17 +47,20 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
 }
 
 /// The descriptors server `name` needs besides its clients: its listeners and log, three
-/// per neighbor (its link out, the neighbor's link in, and a newer one replacing it), and
-/// two per places call allowed at once (the call's connection and its name lookup).
+/// per neighbor (its link out, the neighbor's link in, and a newer one replacing it), two
+/// per places call allowed at once (the call's connection and its name lookup), and its
+/// store file's.
 pub fn reserved(config: &HerdConfig, name: &str) -> u64 {
     let Ok(node) = config.node(name) else {
         return 0;
     };
-    let listeners = 1 + u64::from(node.peer_addr.is_some());
+    let listeners = 1 + u64::from(node.peer_addr.is_some()) + u64::from(node.tls_addr.is_some());
     let log = 2;
     let links = 3 * config.neighbors(name).count() as u64;
     let places = 2 * config.places.max_concurrent as u64;
-    listeners + log + links + places
+    // The store file, a rewrite's new one, and its directory when the rename is synced.
+    let store = if config.store.dir.is_some() { 3 } else { 0 };
+    listeners + log + links + places + store
 }
 
 /// The cap on each server's clients when servers `names` of `config` share a process whose
@@ -86,8 +89,8 @@ mod tests {
     fn each_server_reserves_for_its_links_places_log_and_listener() {
         let herd = five();
         // Bona has three neighbors; 16 places calls at once by default.
-        assert_eq!(reserved(&herd, "Bona"), 1 + 2 + 3 * 3 + 2 * 16);
-        assert_eq!(reserved(&herd, "Bailey"), 1 + 2 + 3 * 2 + 2 * 16);
+        assert_eq!(reserved(&herd, "Bona"), 1 + 2 + 3 * 3 + 2 * 16 + 3);
+        assert_eq!(reserved(&herd, "Bailey"), 1 + 2 + 3 * 2 + 2 * 16 + 3);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //!   (`ClientSession`, `LocationStore`, `PeerLink`, `PlacesProxy`).
 //! - [`stream`]: a connection's bytes, plain TCP or TLS, split for reading and writing.
 //! - [`tls`]: the herd's certificates, read into rustls, and who a certificate names.
+//! - [`store_file`]: the records a server stores, appended to a file and read back at start.
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
 //! - [`cli`]: the `herd` command line.
@@ -45,5 +46,6 @@ pub mod protocol;
 pub mod record_table;
 pub mod server_log;
 pub mod socket_out;
+pub mod store_file;
 pub mod stream;
 pub mod tls;

@@ -27,12 +27,14 @@ use tokio_rustls::{TlsAcceptor, TlsStream};
 use crate::actors::client_session::{
     ClientCount, ClientSession, ClientSlot, Drain, InboundLinks, Services, SessionSettings,
 };
-use crate::actors::location_store::{LocationStore, Subscribe};
+use crate::actors::location_store::{CloseFile, LocationStore, Subscribe};
 use crate::actors::peer_link::{Close, PeerLink};
 use crate::actors::places_proxy::{ApiKey, PlacesProxy};
 use crate::config::{ConfigError, HerdConfig};
 use crate::protocol::{self, Command};
+use crate::record_table::RecordTable;
 use crate::server_log::{LogWriter, ServerLog};
+use crate::store_file::{StoreFile, StoreFileError};
 use crate::stream::Stream;
 use crate::tls::{self, CurrentTls, HerdTls, TlsError};
 
@@ -72,6 +74,14 @@ pub enum StartError {
         addr: SocketAddr,
         /// Why not: in the message, not a separate source, so that it is said once.
         error: io::Error,
+    },
+    /// The server's store file could not be read.
+    #[error("{name}: {error}")]
+    Store {
+        /// The server.
+        name: String,
+        /// What is wrong with it: in the message, so that it is said once.
+        error: StoreFileError,
     },
     /// The server's TLS files could not be used.
     #[error("{name}: {error}")]
@@ -207,7 +217,42 @@ impl Node {
         }
 
         let me: Arc<str> = Arc::from(name);
-        let store = LocationStore::default().start();
+        let mut records = RecordTable::default();
+        let file = match &config.store.dir {
+            Some(dir) => {
+                let path = dir.join(format!("{name}.aof"));
+                let started = std::time::Instant::now();
+                let opened = StoreFile::open(&path, &config.store, &mut records, log.clone(), name);
+                let (file, loaded) = opened.map_err(|error| StartError::Store {
+                    name: name.to_owned(),
+                    error,
+                })?;
+                if loaded.torn_bytes > 0 {
+                    let note = format!(
+                        "{}: its last line was cut short ({} bytes, never acknowledged): cut off",
+                        path.display(),
+                        loaded.torn_bytes
+                    );
+                    warn!(target: LOG_TARGET, "{name}: {note}");
+                    log.note(None, note);
+                }
+                log.note(
+                    None,
+                    format!(
+                        "{} records read from {} ({} lines, {} ms); fsync {}",
+                        records.len(),
+                        path.display(),
+                        loaded.lines,
+                        started.elapsed().as_millis(),
+                        config.store.fsync
+                    ),
+                );
+                Some(file)
+            }
+            None => None,
+        };
+        let durable = file.is_some();
+        let store = LocationStore::new(records, file).start();
         let mut links = Vec::new();
         for neighbor in config.neighbors(name) {
             let link = PeerLink::new(
@@ -247,6 +292,7 @@ impl Node {
             max_clock_skew: config.limits.max_clock_skew,
             links_in: InboundLinks::default(),
             clients: ClientCount::default(),
+            durable,
             certified_hellos: false,
             log: log.clone(),
             // With a separate peer address, a hello on the client address is refused.
@@ -372,6 +418,7 @@ impl Node {
         for link in &self.links {
             let _ = link.send(Close).await;
         }
+        let _ = self.store.send(CloseFile).await;
         self.log.note(None, "stopped");
         self.log_writer.close();
         info!(target: LOG_TARGET, "{} stopped", self.name);

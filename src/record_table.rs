@@ -52,6 +52,9 @@ pub struct RecordTable {
     shards: Box<[Shard]>,
     /// How many shards are growing (asked after every `Store`: cheaper than looking).
     growing: usize,
+    /// The bytes of the records' AT lines, each with its line ending: what a file of the
+    /// records held would take.
+    line_bytes: u64,
 }
 
 impl Default for RecordTable {
@@ -60,6 +63,7 @@ impl Default for RecordTable {
             chunks: Vec::new(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             growing: 0,
+            line_bytes: 0,
         }
     }
 }
@@ -119,13 +123,19 @@ impl RecordTable {
             }
         }
         match self.find(client_hash, record.client()) {
-            Some(slot) => match self.record_mut(slot) {
-                Some(held) if record.supersedes(held) => {
-                    *held = record;
-                    true
-                }
-                _ => false,
-            },
+            Some(slot) => {
+                let (old, new) = match self.record_mut(slot) {
+                    Some(held) if record.supersedes(held) => {
+                        let old = held.line().len() as u64;
+                        let new = record.line().len() as u64;
+                        *held = record;
+                        (old, new)
+                    }
+                    _ => return false,
+                };
+                self.line_bytes = self.line_bytes - old + new;
+                true
+            }
             None => {
                 // Four billion records would take hundreds of gigabytes; past that, none.
                 let Ok(position) = u32::try_from(self.len()) else {
@@ -138,6 +148,7 @@ impl RecordTable {
                     record: position,
                     client_hash,
                 };
+                self.line_bytes += record.line().len() as u64 + 1;
                 shard
                     .current
                     .insert_unique(table_hash(client_hash), slot, rehash);
@@ -169,6 +180,11 @@ impl RecordTable {
     pub fn len(&self) -> usize {
         let full = self.chunks.len().saturating_sub(1) * CHUNK_RECORDS;
         full + self.chunks.last().map_or(0, Vec::len)
+    }
+
+    /// The bytes the records' AT lines take, one line each: what a file of them takes.
+    pub fn line_bytes(&self) -> u64 {
+        self.line_bytes
     }
 
     /// Whether no client has a record.
@@ -299,6 +315,17 @@ mod tests {
         assert_eq!(table.get("kiwi"), Some(&record("kiwi", 200)));
         assert_eq!(table.get("pear"), None);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn the_bytes_of_the_lines_held_follow_every_replacement() {
+        let mut table = RecordTable::default();
+        let lines =
+            |table: &RecordTable| -> u64 { table.iter().map(|r| r.line().len() as u64 + 1).sum() };
+        for (client, secs) in [("kiwi", 100), ("pear", 7), ("kiwi", 1_000_000), ("kiwi", 5)] {
+            table.offer(record(client, secs));
+            assert_eq!(table.line_bytes(), lines(&table));
+        }
     }
 
     /// Offers and lookups across many growths, some caught half way, checked against a

@@ -560,10 +560,11 @@ async fn a_server_listening_on_every_interface_is_reached_at_its_advertised_addr
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "links = [[\"Clark\", \"Bona\"]]\n\n[places]\nurl = 'http://127.0.0.1:9/x'\n\n\
-         [log]\ndir = '{}'\n\n\
+         [log]\ndir = '{}'\n\n[store]\ndir = '{}'\n\n\
          [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:{clark_port}\"\n\n\
          [[nodes]]\nname = \"Bona\"\naddr = \"127.0.0.1:{bona_port}\"\nlisten = \"0.0.0.0:{bona_port}\"\n",
-        dir.path().join("logs").display()
+        dir.path().join("logs").display(),
+        dir.path().join("data").display()
     );
     let path = dir.path().join("herd.toml");
     std::fs::write(&path, toml).unwrap();

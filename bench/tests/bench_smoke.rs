@@ -79,8 +79,10 @@ fn start(program: &Path, args: &[&str], dir: &Path) -> (Running, String) {
 fn start_clark(dir: &Path, places_url: &str, key: Option<&str>) -> (Running, String) {
     let config = format!(
         "[places]\nurl = \"{places_url}\"\ntimeout_ms = 3000\ncache_ttl_s = 0\n\n\
-         [log]\ndir = \"{}\"\n\n[[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n",
-        dir.join("logs").display()
+         [log]\ndir = \"{}\"\n\n[store]\ndir = \"{}\"\n\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n",
+        dir.join("logs").display(),
+        dir.join("data").display()
     );
     std::fs::write(dir.join("herd.toml"), config).unwrap();
     let mut command = Command::new(herd());
@@ -219,9 +221,11 @@ fn flood_watches_as_a_neighbor_taking_records_off_the_servers_link() {
     drop(free);
     let config = format!(
         "links = [[\"Clark\", \"Watcher\"]]\n\n[places]\nurl = \"http://127.0.0.1:9/nearby\"\n\n\
-         [log]\ndir = \"{}\"\n\n[[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n\n\
+         [log]\ndir = \"{}\"\n\n[store]\ndir = \"{}\"\n\n\
+         [[nodes]]\nname = \"Clark\"\naddr = \"127.0.0.1:0\"\n\n\
          [[nodes]]\nname = \"Watcher\"\naddr = \"{watcher}\"\n",
-        dir.path().join("logs").display()
+        dir.path().join("logs").display(),
+        dir.path().join("data").display()
     );
     std::fs::write(dir.path().join("herd.toml"), config).unwrap();
     let (_server, addr) = start(&herd(), &["run", "Clark", "-c", "herd.toml"], dir.path());

@@ -178,9 +178,12 @@ impl HerdBuilder {
              url = '{places_url}'\n\
              timeout_ms = {PLACES_TIMEOUT_MS}\n\n\
              [log]\n\
+             dir = '{}'\n\n\
+             [store]\n\
              dir = '{}'\n",
             links.join(", "),
             log_dir.display(),
+            dir.path().join("data").display(),
         );
         toml.push_str(&self.sections);
         for (name, listener) in &listeners {

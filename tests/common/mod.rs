@@ -79,6 +79,9 @@ pub fn one_node_config_with(
          [log]\n\
          dir = '{log_dir}'\n\
          \n\
+         [store]\n\
+         dir = '{store_dir}'\n\
+         \n\
          [limits]\n\
          max_line_bytes = {max_line_bytes}\n\
          \n\
@@ -87,6 +90,7 @@ pub fn one_node_config_with(
          addr = \"127.0.0.1:10003\"\n",
         timeout_ms = timeout.as_millis(),
         log_dir = log_dir.display(),
+        store_dir = dir.path().join("data").display(),
     );
     let path = dir.path().join("herd.toml");
     std::fs::write(&path, toml).expect("write herd.toml");
