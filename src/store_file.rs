@@ -238,7 +238,10 @@ impl StoreFile {
                 }
             }
             Err(e) => {
-                // Part of the batch may be in the file; a rewrite makes it whole again.
+                // Part of the batch may have reached the file, a line cut short: cut it off,
+                // so that the next write starts a line of its own. The records lost are
+                // written again by a rewrite.
+                let _ = self.file.set_len(self.file_bytes);
                 self.incomplete = true;
                 if self.failing.is_none() {
                     let note = format!(
