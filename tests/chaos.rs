@@ -6,14 +6,15 @@
 //! replays the same choices (timings still vary).
 //!
 //! The stops respect what the protocol promises and no more. A record is only guaranteed to have
-//! been handed to the links that were up when it was acknowledged; the herd keeps no disk.
-//! So at most [`MAX_DOWN`] servers are down at once (every server has at least two
+//! been handed to the links that were up when it was acknowledged, and to its origin's
+//! file. So at most [`MAX_DOWN`] servers are down at once (every server has at least two
 //! neighbors, so an acknowledged record always has a live holder besides a stopped origin),
 //! and after a restart no server is stopped until the herd is seen to have settled: the
 //! links between the restarted server and its neighbors that are up are up both ways (their
 //! logs say so), and every server that is up holds every record acknowledged so far (or a
 //! newer one). That is observed, not waited for by the clock, so a slow machine only makes
-//! the test slower.
+//! the test slower. At the end the whole herd is stopped at once, and each server, started
+//! again alone, must hold every client's latest record from its own file.
 
 mod common;
 
@@ -399,5 +400,23 @@ async fn every_server_ends_with_every_acknowledged_record_after_servers_come_and
         Ok(())
     })
     .await;
+
+    // The whole herd stops at once: each server's file is all that is left of it. Each is
+    // started again alone (no link can give it anything) and must hold every record.
     herd.stop_all().await;
+    for server in herd.names() {
+        herd.restart(&server).await;
+        let held = holdings(&herd, std::slice::from_ref(&server), &ids)
+            .await
+            .unwrap_or_else(|e| panic!("{server}: {e}"));
+        for (id, answer) in ids.iter().zip(&held[&server]) {
+            assert_eq!(
+                answer.as_deref(),
+                Some(latest[id].as_str()),
+                "{server} alone after the whole herd stopped: {id}"
+            );
+        }
+        herd.stop(&server).await;
+        println!("{:>6.2?} {server} alone: every record", start.elapsed());
+    }
 }
