@@ -1,4 +1,4 @@
-//! The `herd` command line: `run`, `up` and `check`.
+//! The `herd` command line: `run`, `up`, `check` and `certs`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::actors::places_proxy::{API_KEY_VAR, ApiKey};
+use crate::certs;
 use crate::config::{ConfigError, HerdConfig};
 use crate::descriptors;
 use crate::node::Node;
@@ -43,6 +44,24 @@ enum Command {
         #[arg(short, long, default_value = "herd.toml")]
         config: PathBuf,
     },
+    /// Make the files the herd needs for mutual TLS: a CA, and each server's certificate
+    /// and key. Files already there are kept, and a CA already there signs the new ones.
+    Certs {
+        /// The herd's config file.
+        #[arg(short, long, default_value = "herd.toml")]
+        config: PathBuf,
+        /// Where to write them (made if missing): by default the config's [tls] dir, else
+        /// `certs`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Make every file anew, the CA too, replacing those there.
+        #[arg(long)]
+        force: bool,
+        /// How many days the servers' certificates are valid.
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::MAX_DAYS)))]
+        days: u32,
+    },
 }
 
 impl Cli {
@@ -70,6 +89,17 @@ impl Cli {
                 };
                 println!("{}: ok\n{herd}\nplaces key: {key}", config.display());
                 Ok(())
+            }
+            Command::Certs {
+                config,
+                out,
+                force,
+                days,
+            } => {
+                let herd = load(&config)?;
+                let out = out.unwrap_or_else(|| certs::default_dir(&herd));
+                let report = certs::make(&herd, &out, &certs::Options { force, days })?;
+                write!(std::io::stdout().lock(), "{report}").context("cannot print the report")
             }
         }
     }

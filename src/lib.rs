@@ -21,6 +21,7 @@
 //!   (`ClientSession`, `LocationStore`, `PeerLink`, `PlacesProxy`).
 //! - [`stream`]: a connection's bytes, plain TCP or TLS, split for reading and writing.
 //! - [`tls`]: the herd's certificates, read into rustls, and who a certificate names.
+//! - [`certs`]: making those certificates (`herd certs`): the herd's CA and each server's.
 //! - [`store_file`]: the records a server stores, appended to a file and read back at start.
 //! - [`server_log`]: each server's log file, written off the hot path.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
@@ -35,6 +36,7 @@ pub mod actors;
 pub mod answer_cache;
 pub mod answer_queue;
 pub mod backoff;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod descriptors;

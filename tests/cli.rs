@@ -673,3 +673,97 @@ fn a_server_started_under_nohup_keeps_serving_through_sighup() {
     let (clean, stderr) = stop(&mut child, "TERM");
     assert!(clean, "{stderr}");
 }
+
+#[test]
+fn certs_makes_each_servers_files_with_private_keys_0600_and_a_second_run_keeps_them() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_node_config(dir.path());
+    let out = dir.path().join("made").join("certs");
+    let out_arg = out.display().to_string();
+    let run = || {
+        let output = herd(&["certs", "-c", &config, "--out", &out_arg], dir.path());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(output.status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    let files = || -> Vec<(String, Vec<u8>, u32)> {
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap(), mode)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+
+    let stdout = run();
+    let o = &out_arg;
+    for name in ["Clark", "Bona"] {
+        let line = format!(
+            "{name} (127.0.0.1): copy {o}/ca.pem, {o}/{name}.pem, {o}/{name}.key (made, valid 365 days)"
+        );
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line} missing:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.matches("): copy ").count(), 2, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("ca.key stays with whoever makes certificates, on no server"),
+        "{stdout}"
+    );
+    let made = files();
+    let names: Vec<_> = made.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Bona.key",
+            "Bona.pem",
+            "Clark.key",
+            "Clark.pem",
+            "ca.key",
+            "ca.pem"
+        ]
+    );
+    for (name, _, mode) in &made {
+        if name.ends_with(".key") {
+            assert_eq!(*mode, 0o600, "{name}");
+        }
+    }
+
+    let stdout = run();
+    for name in ["Clark", "Bona"] {
+        let line =
+            format!("{name} (127.0.0.1): copy {o}/ca.pem, {o}/{name}.pem, {o}/{name}.key (kept)");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line} missing:\n{stdout}"
+        );
+    }
+    assert_eq!(files(), made, "a second run changed the files");
+
+    // Half a CA is refused in one line, and nothing is made.
+    std::fs::remove_file(out.join("ca.key")).unwrap();
+    std::fs::remove_file(out.join("Bona.pem")).unwrap();
+    std::fs::remove_file(out.join("Bona.key")).unwrap();
+    let output = herd(&["certs", "-c", &config, "--out", &out_arg], dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains("ca.key is not")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!out.join("Bona.pem").exists());
+}
