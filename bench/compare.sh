@@ -259,6 +259,17 @@ bench whatsat --addr "$CLARK_ADDR" --places-addr "$PLACES_ADDR" --duration "$WHA
     tee -a "$TMP/figures.txt"
 stop "$CLARK_PID"
 
+# The same server with fsync = "always": each answer waits for a sync of the store file
+# (one sync for all the records waiting at that moment). No target: it says what a sync
+# costs on this disk.
+start clark-always env GOOGLE_PLACES_API_KEY=bench HERD_STORE__FSYNC=always "${SERVER_CPU[@]}" \
+    "$BIN" run Clark -c "$TMP/single.toml"
+CLARK_PID=$LAST_PID
+ab "one server with fsync = always vs echo" "$ECHO_ADDR" echo "$ECHO_PID" "$CLARK_ADDR" \
+    herd-always "$CLARK_PID" --conns "$CONNS"
+ALWAYS_THROUGHPUT=$AB_THROUGHPUT ALWAYS_P99=$AB_P99
+stop "$CLARK_PID"
+
 echo
 echo "== memory of a fresh server (Jaquez)"
 start jaquez env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Jaquez -c "$TMP/single.toml"
@@ -270,6 +281,20 @@ fi
 bench idle --addr "$JAQUEZ_ADDR" --conns "$IDLE_CONNS" --pid "$JAQUEZ_PID" | tee -a "$TMP/figures.txt"
 bench records --addr "$JAQUEZ_ADDR" --count "$RECORDS" --pid "$JAQUEZ_PID" | tee -a "$TMP/figures.txt"
 stop "$JAQUEZ_PID"
+
+# Jaquez's store file now holds its records: started again, it reads them all before it
+# accepts anyone, and its log says how long that took.
+echo
+echo "== the store file (Jaquez): read back at start"
+start jaquez-again env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Jaquez -c "$TMP/single.toml"
+stop "$LAST_PID"
+loaded=$(sed -n 's/.* - \([0-9]*\) records read from .* (\([0-9]*\) lines, \([0-9]*\) ms).*/\1 \2 \3/p' \
+    "$TMP/logs/Jaquez.log" | tail -n 1)
+read -r LOADED_RECORDS LOADED_LINES LOAD_MS <<<"$loaded"
+AOF_BYTES=$(stat -c %s "$TMP/data/Jaquez.aof")
+echo "  $LOADED_RECORDS records ($LOADED_LINES lines, $AOF_BYTES bytes) read in $LOAD_MS ms;" \
+    "$((AOF_BYTES / (LOADED_LINES > 0 ? LOADED_LINES : 1))) bytes on disk per record" |
+    tee -a "$TMP/figures.txt"
 
 start bailey env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$BIN" run Bailey -c "$TMP/chain.toml"
 CHAIN_PIDS=$LAST_PID
@@ -327,3 +352,8 @@ verdict "memory per idle connection (bytes)" \
     "$(sed -n 's/^ *\([0-9]*\) bytes per idle connection.*/\1/p' "$TMP/figures.txt")" "<=" 6144
 verdict "memory per stored record (bytes)" "$(figure "after:")" "<=" 300
 verdict "WHATSAT: added at the median (us)" "$(figure "added by the herd: p50")" "<=" 300
+verdict "one server, store file everysec: throughput / the echo's" "$ONE_THROUGHPUT" ">=" 0.75
+verdict "store file: $LOADED_RECORDS records read back at start (ms)" "$LOAD_MS" "<=" 2000
+echo "  (no target) one server, fsync = always: throughput / the echo's $ALWAYS_THROUGHPUT," \
+    "p99 / the echo's $ALWAYS_P99; $((AOF_BYTES / (LOADED_LINES > 0 ? LOADED_LINES : 1))) bytes" \
+    "on disk per record"
