@@ -209,7 +209,7 @@ fn say(line: std::fmt::Arguments<'_>) {
 }
 
 /// The signals a running herd listens for: Ctrl-C, SIGTERM and SIGHUP (a closed terminal)
-/// stop it, SIGUSR1 reopens its logs.
+/// stop it, SIGUSR1 reopens its logs and reads its TLS files again.
 struct Signals {
     stop: StopSignals,
     reopen: Signal,
@@ -241,12 +241,18 @@ impl Signals {
     }
 
     /// Waits for a signal to stop, reopening the servers' logs on each SIGUSR1 meanwhile,
-    /// as nginx does (a rotation's `postrotate` sends it once the files are moved).
+    /// as nginx does (a rotation's `postrotate` sends it once the files are moved), and
+    /// reading their TLS files again (a certificate renewed on disk needs no restart).
     async fn serve_until_stopped(&mut self, nodes: &[Node]) {
         loop {
             tokio::select! {
                 () = self.stop.recv() => return,
-                _ = self.reopen.recv() => nodes.iter().for_each(Node::reopen_log),
+                _ = self.reopen.recv() => {
+                    for node in nodes {
+                        node.reopen_log();
+                        node.reload_tls();
+                    }
+                }
             }
         }
     }

@@ -8,16 +8,46 @@ use std::time::Duration;
 
 use common::eventually;
 use common::herds::{
-    EVENTUALLY, FIVE, Herd, HerdBuilder, KIWI_POSITION, LineClient, StallProxy, assert_at_answer,
-    free_port, newer, seed, tcp_state,
+    EVENTUALLY, FIVE, Herd, HerdBuilder, KIWI_POSITION, LineClient, Links, StallProxy,
+    assert_at_answer, free_port, newer, seed, tcp_state,
 };
 
 /// Another position, far from [`KIWI_POSITION`].
 const SYDNEY: &str = "-33.868800+151.209300";
 
-#[actix_rt::test]
-async fn an_iamat_at_clark_reaches_every_server_of_the_five_server_herd_byte_for_byte() {
-    let mut herd = Herd::five().await;
+/// The tests of the links run twice, over plain TCP and over mutual TLS: the same tests, so
+/// that what the links promise holds whichever they run over.
+macro_rules! over_both_links {
+    ($($name:ident),* $(,)?) => {
+        mod plain {
+            $(#[actix_rt::test]
+            async fn $name() {
+                super::$name(super::Links::Plain).await;
+            })*
+        }
+        mod tls {
+            $(#[actix_rt::test]
+            async fn $name() {
+                super::$name(super::Links::Tls).await;
+            })*
+        }
+    };
+}
+
+over_both_links!(
+    an_iamat_at_clark_reaches_every_server_of_the_five_server_herd_byte_for_byte,
+    an_iamat_travels_three_hops_down_a_chain,
+    records_are_routed_around_a_stopped_server,
+    a_restarted_server_catches_up_on_what_it_missed,
+    concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere,
+    a_record_reaches_a_neighbor_before_the_client_gets_its_answer,
+    an_older_record_does_not_replace_a_newer_one_anywhere,
+);
+
+async fn an_iamat_at_clark_reaches_every_server_of_the_five_server_herd_byte_for_byte(
+    links: Links,
+) {
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     let line = herd
         .iamat(
             "Clark",
@@ -31,9 +61,9 @@ async fn an_iamat_at_clark_reaches_every_server_of_the_five_server_herd_byte_for
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn an_iamat_travels_three_hops_down_a_chain() {
+async fn an_iamat_travels_three_hops_down_a_chain(links: Links) {
     let mut herd = HerdBuilder::new(&["A", "B", "C", "D"], &[("A", "B"), ("B", "C"), ("C", "D")])
+        .links_over(links)
         .start()
         .await;
     let line = herd
@@ -44,9 +74,8 @@ async fn an_iamat_travels_three_hops_down_a_chain() {
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn records_are_routed_around_a_stopped_server() {
-    let mut herd = Herd::five().await;
+async fn records_are_routed_around_a_stopped_server(links: Links) {
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     herd.stop("Bona").await;
     // Without Bona, Clark reaches Bailey only through Jaquez and Campbell.
     let line = herd
@@ -57,9 +86,8 @@ async fn records_are_routed_around_a_stopped_server() {
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn a_restarted_server_catches_up_on_what_it_missed() {
-    let mut herd = Herd::five().await;
+async fn a_restarted_server_catches_up_on_what_it_missed(links: Links) {
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     herd.stop("Bailey").await;
     let mut missed = Vec::new();
     for i in 0..5 {
@@ -81,12 +109,11 @@ async fn a_restarted_server_catches_up_on_what_it_missed() {
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere() {
+async fn concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere(links: Links) {
     let seed = seed();
     println!("seed {seed} (HERD_TEST_SEED={seed} replays it)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut herd = Herd::five().await;
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     let mut clark = herd.client("Clark").await;
     let mut bailey = herd.client("Bailey").await;
     let client = "contested";
@@ -136,9 +163,8 @@ async fn concurrent_conflicting_iamats_converge_on_the_newer_record_everywhere()
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn a_record_reaches_a_neighbor_before_the_client_gets_its_answer() {
-    let mut herd = Herd::five().await;
+async fn a_record_reaches_a_neighbor_before_the_client_gets_its_answer(links: Links) {
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     // First make sure the link from Clark to Jaquez is up.
     let warm = herd
         .iamat("Clark", "warm-up", KIWI_POSITION, "1700000000")
@@ -160,9 +186,8 @@ async fn a_record_reaches_a_neighbor_before_the_client_gets_its_answer() {
     herd.stop_all().await;
 }
 
-#[actix_rt::test]
-async fn an_older_record_does_not_replace_a_newer_one_anywhere() {
-    let mut herd = Herd::five().await;
+async fn an_older_record_does_not_replace_a_newer_one_anywhere(links: Links) {
+    let mut herd = HerdBuilder::five().links_over(links).start().await;
     let newest = herd.iamat("Clark", "steady", KIWI_POSITION, "200").await;
     herd.eventually_know(&FIVE, "steady", &newest).await;
     // The older IAMAT is answered with its own AT line (asserted by `iamat`)...

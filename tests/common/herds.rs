@@ -77,9 +77,21 @@ pub struct HerdBuilder {
     links: Vec<(String, String)>,
     advertised: HashMap<String, SocketAddr>,
     peer_addrs: HashMap<String, SocketAddr>,
+    tls_addrs: HashMap<String, SocketAddr>,
     external: HashMap<String, SocketAddr>,
     places_url: Option<String>,
     sections: String,
+    links_over: Links,
+}
+
+/// What a test herd's links run over: every end-to-end test of the links runs in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Plain TCP, on the client address.
+    Plain,
+    /// Mutual TLS on a `peer_addr` of each server, with certificates `herd certs` makes in
+    /// the test's directory.
+    Tls,
 }
 
 impl HerdBuilder {
@@ -93,9 +105,11 @@ impl HerdBuilder {
                 .collect(),
             advertised: HashMap::new(),
             peer_addrs: HashMap::new(),
+            tls_addrs: HashMap::new(),
             external: HashMap::new(),
             places_url: None,
             sections: String::new(),
+            links_over: Links::Plain,
         }
     }
 
@@ -118,6 +132,12 @@ impl HerdBuilder {
         self
     }
 
+    /// Gives server `name` a `tls_addr` (clients over TLS), which the server binds itself.
+    pub fn tls_addr(mut self, name: &str, addr: SocketAddr) -> HerdBuilder {
+        self.tls_addrs.insert(name.to_owned(), addr);
+        self
+    }
+
     /// Configures server `name` at `addr` but does not start it: the test plays that
     /// server itself (a listener of its own at `addr` sees the neighbors' links).
     pub fn external(mut self, name: &str, addr: SocketAddr) -> HerdBuilder {
@@ -129,6 +149,12 @@ impl HerdBuilder {
     /// (for example the dummy `http://127.0.0.1:9/x`).
     pub fn places_url(mut self, url: &str) -> HerdBuilder {
         self.places_url = Some(url.to_owned());
+        self
+    }
+
+    /// Links over plain TCP or mutual TLS.
+    pub fn links_over(mut self, links: Links) -> HerdBuilder {
+        self.links_over = links;
         self
     }
 
@@ -186,12 +212,25 @@ impl HerdBuilder {
             dir.path().join("data").display(),
         );
         toml.push_str(&self.sections);
+        let certs = dir.path().join("certs");
+        if self.links_over == Links::Tls {
+            let _ = write!(toml, "\n[tls]\ndir = '{}'\n", certs.display());
+        }
         for (name, listener) in &listeners {
             let bound = listener.local_addr().expect("the listener's address");
             let addr = self.advertised.get(name).copied().unwrap_or(bound);
             let _ = write!(toml, "\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n");
-            if let Some(peer) = self.peer_addrs.get(name) {
+            let peer = match (self.peer_addrs.get(name), self.links_over) {
+                (Some(peer), _) => Some(*peer),
+                // TLS links need a port of their own.
+                (None, Links::Tls) => Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+                (None, Links::Plain) => None,
+            };
+            if let Some(peer) = peer {
                 let _ = writeln!(toml, "peer_addr = \"{peer}\"");
+            }
+            if let Some(tls) = self.tls_addrs.get(name) {
+                let _ = writeln!(toml, "tls_addr = \"{tls}\"");
             }
         }
         for (name, addr) in &self.external {
@@ -201,6 +240,10 @@ impl HerdBuilder {
         std::fs::write(&path, &toml).expect("write herd.toml");
         let config = HerdConfig::load_with_env(&path, Some(HashMap::new()))
             .unwrap_or_else(|e| panic!("the test herd's config is refused: {e}\n{toml}"));
+        if self.links_over == Links::Tls {
+            herd::certs::make(&config, &certs, &herd::certs::Options::default())
+                .unwrap_or_else(|e| panic!("the test herd's certificates: {e}"));
+        }
         let mut nodes = BTreeMap::new();
         let mut client_addrs = BTreeMap::new();
         for (name, listener) in listeners {
