@@ -48,12 +48,14 @@ use super::location_store::{Lookup, Store};
 use super::places_proxy::{NearbySearch, PlacesAnswer};
 use crate::answer_queue::{Answer, AnswerQueue};
 use crate::line::{Line, LineSplitter};
+use crate::metrics::Metrics;
 use crate::places_json::{self, UNKNOWN_ERROR};
 use crate::protocol::{self, Command, Nanos, Record};
 use crate::server_log::ServerLog;
 use crate::socket_out::{SocketOut, WriteLoop};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::client_session=debug`.
 pub const LOG_TARGET: &str = "herd::client_session";
@@ -116,6 +118,8 @@ pub struct SessionSettings {
     /// Whether the store writes records to a file before it answers for them: then every
     /// IAMAT's answer waits for the store, links or not.
     pub durable: bool,
+    /// What the server counts.
+    pub metrics: Arc<Metrics>,
     /// Whether a hello needs a certificate naming the neighbor it says (a TLS link port):
     /// the connection's certificate, verified against the herd's CA, must name it.
     pub certified_hellos: bool,
@@ -125,17 +129,30 @@ pub struct SessionSettings {
 /// becomes a neighbor's link. Shared by the accept loops and the sessions of one server,
 /// which all run on one thread.
 #[derive(Clone, Default, Debug)]
-pub struct ClientCount(Rc<Cell<usize>>);
+pub struct ClientCount {
+    count: Rc<Cell<usize>>,
+    /// The same number, for the server's metrics.
+    gauge: Gauge,
+}
 
 impl ClientCount {
+    /// A count kept in `gauge` too.
+    pub fn new(gauge: Gauge) -> ClientCount {
+        ClientCount {
+            count: Rc::default(),
+            gauge,
+        }
+    }
+
     /// How many are open.
     pub fn get(&self) -> usize {
-        self.0.get()
+        self.count.get()
     }
 
     /// Counts one more connection, until the slot is dropped.
     pub fn take_slot(&self) -> ClientSlot {
-        self.0.set(self.0.get() + 1);
+        self.count.set(self.count.get() + 1);
+        self.gauge.inc();
         ClientSlot(self.clone())
     }
 }
@@ -147,8 +164,9 @@ pub struct ClientSlot(ClientCount);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let count = &(self.0).0;
+        let count = &self.0.count;
         count.set(count.get().saturating_sub(1));
+        self.0.gauge.dec();
     }
 }
 
@@ -294,7 +312,7 @@ impl ClientSession {
             Line::TooLong(prefix) => {
                 self.settings.log.line_in(self.conn, received, prefix);
                 let slot = self.answers.reserve();
-                return self.fill(slot, invalid(prefix));
+                return self.fill(slot, self.invalid(prefix));
             }
         };
         self.settings.log.line_in(self.conn, received, bytes);
@@ -303,6 +321,7 @@ impl ClientSession {
             // read, and nothing waits for it there. One stamped by a server the herd does
             // not have is refused (answered, and the link goes on).
             Command::At(record) if self.peer.is_some() && self.knows_server(&record) => {
+                self.settings.metrics.lines.peer_record.inc();
                 return self.unstored.push(record);
             }
             command => command,
@@ -326,34 +345,38 @@ impl ClientSession {
                         );
                         warn!(target: LOG_TARGET, "{}: conn {}: {note}", self.settings.server, self.conn);
                         self.settings.log.note(Some(self.conn), note);
-                        self.fill(slot, invalid(bytes));
+                        self.fill(slot, self.invalid(bytes));
                     }
-                    None => self.fill(slot, invalid(bytes)),
+                    None => self.fill(slot, self.invalid(bytes)),
                 }
             }
             // A link carries records one way: a client's command on it is invalid (and an
             // IAMAT's record, marked as the neighbor's, would never be sent back to it).
             Command::Iamat(_) | Command::Whatsat(_) if self.peer.is_some() => {
-                self.fill(slot, invalid(bytes));
+                self.fill(slot, self.invalid(bytes));
             }
             Command::Iamat(iamat) => {
+                self.settings.metrics.lines.iamat.inc();
                 let received = Nanos::from(received);
                 // Stamped too far ahead of this server's clock: it would pin the client.
                 let ahead =
                     |skew: Duration| iamat.time.nanos.0 > received.0 + skew.as_nanos() as i128;
                 if self.settings.max_clock_skew.is_some_and(ahead) {
-                    return self.fill(slot, invalid(bytes));
+                    return self.fill(slot, self.invalid(bytes));
                 }
                 let record = Record::from_iamat(&self.settings.server, &iamat, received);
                 // Its AT line must fit in a line, or no neighbor could take it.
                 if record.line().len() > self.settings.max_line_bytes {
-                    return self.fill(slot, invalid(bytes));
+                    return self.fill(slot, self.invalid(bytes));
                 }
                 self.hold_for_store(slot, record.clone(), Answer::At(record));
             }
             Command::Whatsat(whatsat) => {
                 // The lookup must see the records of the lines before it.
                 self.offer_records(ctx);
+                self.settings.metrics.lines.whatsat.inc();
+                self.settings.metrics.store_backlog.inc();
+                let metrics = Arc::clone(&self.settings.metrics);
                 let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
                 let places = self.services.places.clone();
                 let (radius, bound) = (whatsat.radius, whatsat.bound);
@@ -371,6 +394,7 @@ impl ClientSession {
                         radius,
                         bound,
                     };
+                    metrics.places_backlog.inc();
                     let json = match places.send(search).await {
                         Ok(PlacesAnswer(json)) => json,
                         Err(_) => places_json::error_answer(
@@ -390,7 +414,7 @@ impl ClientSession {
             // A second hello, a hello from a stranger or after other lines, or a record on a
             // connection that did not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
-                self.fill(slot, invalid(bytes));
+                self.fill(slot, self.invalid(bytes));
             }
         }
     }
@@ -466,6 +490,7 @@ impl ClientSession {
             records: std::mem::take(&mut self.unstored),
             from: self.peer.clone(),
         };
+        self.settings.metrics.store_backlog.inc();
         // The lines whose answers wait for these records: every line taken since the
         // first of them that has one.
         let Some(first) = self.first_held.take() else {
@@ -562,6 +587,7 @@ impl Actor for ClientSession {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
+        self.settings.metrics.connections_open.inc();
         let peer = self.from.map(|a| a.to_string());
         let peer = peer.as_deref().unwrap_or("an unknown address");
         self.settings
@@ -571,6 +597,7 @@ impl Actor for ClientSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.settings.metrics.connections_open.dec();
         if let Some(neighbor) = &self.peer {
             self.settings.links_in.remove(neighbor, self.conn);
             let note = format!("link from {neighbor} closed");
@@ -612,9 +639,12 @@ impl Handler<Replaced> for ClientSession {
     }
 }
 
-/// The answer to an invalid line.
-fn invalid(line: &[u8]) -> Answer {
-    Answer::Text(protocol::invalid_answer(line).into())
+impl ClientSession {
+    /// The answer to an invalid line, counted.
+    fn invalid(&self, line: &[u8]) -> Answer {
+        self.settings.metrics.lines.invalid.inc();
+        Answer::Text(protocol::invalid_answer(line).into())
+    }
 }
 
 /// The socket's reading side, polled inside the session's own context: lines reach the
@@ -856,6 +886,7 @@ mod tests {
             links_in: InboundLinks::default(),
             clients: ClientCount::default(),
             durable: false,
+            metrics: Arc::default(),
             certified_hellos: false,
         };
         let slot = settings.clients.take_slot();

@@ -23,6 +23,7 @@ use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use log::debug;
 
+use crate::metrics::Metrics;
 use crate::protocol::Record;
 use crate::record_table::RecordTable;
 use crate::store_file::StoreFile;
@@ -50,6 +51,8 @@ pub struct LocationStore {
     /// Whether the end of this round (the file's write, publication, the answers) is
     /// scheduled.
     round_scheduled: bool,
+    /// What the server counts.
+    metrics: Arc<Metrics>,
 }
 
 /// How often a store whose table is growing moves more of it when no records came: offers
@@ -154,6 +157,13 @@ impl LocationStore {
         }
     }
 
+    /// Counts into `metrics` (the server's), instead of numbers of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> LocationStore {
+        metrics.records_held.set(self.records.len() as i64);
+        self.metrics = metrics;
+        self
+    }
+
     /// Adds a record stored this turn, from `from`, to those to publish.
     fn add_unpublished(&mut self, from: &Option<Arc<str>>, record: Record) {
         match self.unpublished.last_mut() {
@@ -174,6 +184,9 @@ impl LocationStore {
         for (from, records) in std::mem::take(&mut self.unpublished) {
             let records: Arc<[Record]> = records.into();
             for subscribe in self.subscribers.iter().filter(|s| s.wants(from.as_ref())) {
+                if let Some(link) = self.metrics.link(&subscribe.neighbor) {
+                    link.backlog.inc();
+                }
                 taken.push(subscribe.subscriber.send(Stored {
                     records: Arc::clone(&records),
                     from: from.clone(),
@@ -236,6 +249,12 @@ impl Handler<Store> for LocationStore {
             }
         }
         debug!(target: LOG_TARGET, "Store: {count} of {offered} stored");
+        self.metrics.store_backlog.dec();
+        self.metrics.records_stored.inc_by(count as u64);
+        self.metrics
+            .records_ignored
+            .inc_by((offered - count) as u64);
+        self.metrics.records_held.set(self.records.len() as i64);
         self.offered_since_tick = true;
         self.schedule_growth_tick(ctx);
         let to_write = self.file.as_ref().is_some_and(StoreFile::has_pending);
@@ -311,6 +330,7 @@ impl Handler<Lookup> for LocationStore {
     type Result = Option<Record>;
 
     fn handle(&mut self, Lookup(client): Lookup, _: &mut Context<Self>) -> Option<Record> {
+        self.metrics.store_backlog.dec();
         let found = self.records.get(&client).cloned();
         debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
         found

@@ -39,6 +39,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 use super::location_store::{Snapshot, Stored};
 use crate::backoff::Backoff;
 use crate::line::LineSplitter;
+use crate::metrics::{LinkMetrics, Metrics};
 use crate::protocol::Record;
 use crate::server_log::ServerLog;
 use crate::socket_out::{Flushed, SocketOut, WriteLoop};
@@ -102,6 +103,8 @@ pub struct PeerLink {
     down_since: Option<Instant>,
     /// Whether this outage was said at the default log level.
     outage_said: bool,
+    /// What the server counts.
+    metrics: Arc<Metrics>,
 }
 
 /// One connection to the neighbor.
@@ -146,7 +149,19 @@ impl PeerLink {
             was_up: false,
             down_since: None,
             outage_said: false,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the server's), instead of numbers of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> PeerLink {
+        self.metrics = metrics;
+        self
+    }
+
+    /// This link's numbers.
+    fn counted(&self) -> Option<&LinkMetrics> {
+        self.metrics.link(&self.neighbor)
     }
 
     fn dial(&mut self, ctx: &mut Context<Self>) {
@@ -189,6 +204,9 @@ impl PeerLink {
             self.addr,
             delay.as_millis()
         );
+        if let Some(link) = self.counted() {
+            link.went_down(why);
+        }
         // Said once per outage, and only once it has lasted: a neighbor that restarts, or
         // one started a moment later, is no news.
         let outage = self.down_since.get_or_insert_with(Instant::now);
@@ -214,6 +232,9 @@ impl PeerLink {
         };
         self.was_up = true;
         self.backoff.reset();
+        if let Some(link) = self.counted() {
+            link.went_up();
+        }
         if let Some(outage) = self.down_since.take()
             && std::mem::take(&mut self.outage_said)
         {
@@ -297,10 +318,16 @@ impl PeerLink {
                 } else {
                     let out = c.out.buffer();
                     let start = out.len();
+                    let mut records = 0;
                     while out.len() < SNAPSHOT_CHUNK_BYTES {
                         let Some(line) = c.backlog.next() else { break };
                         out.extend_from_slice(line.as_bytes());
                         out.extend_from_slice(b"\n");
+                        records += 1;
+                    }
+                    if let Some(link) = self.metrics.link(&self.neighbor) {
+                        link.records_sent.inc_by(records);
+                        link.bytes_sent.inc_by((out.len() - start) as u64);
                     }
                     self.log.lines_out(c.conn, SystemTime::now(), &out[start..]);
                 }
@@ -308,7 +335,11 @@ impl PeerLink {
             if c.out.is_empty() {
                 return;
             }
-            match c.out.flush() {
+            let flushed = c.out.flush();
+            if let Some(link) = self.metrics.link(&self.neighbor) {
+                link.bytes_queued.set(c.out.len() as i64);
+            }
+            match flushed {
                 // Taken: refill from the snapshot, if any is left.
                 Ok(Flushed::All) => {}
                 Ok(Flushed::Blocked) => return,
@@ -359,6 +390,9 @@ impl Handler<Stored> for PeerLink {
     type Result = ();
 
     fn handle(&mut self, Stored { records, from }: Stored, ctx: &mut Context<Self>) {
+        if let Some(link) = self.counted() {
+            link.backlog.dec();
+        }
         // The store leaves these out already (`Subscribe::neighbor`); a link checks too,
         // as it must never send a neighbor its own records back.
         if from.as_deref() == Some(&*self.neighbor) {
@@ -369,10 +403,15 @@ impl Handler<Stored> for PeerLink {
             return;
         };
         let out = c.out.buffer();
+        let start = out.len();
         for record in records.iter() {
             debug!(target: LOG_TARGET, "to {}: {}", self.neighbor, record.line());
             out.extend_from_slice(record.line().as_bytes());
             out.extend_from_slice(b"\n");
+        }
+        if let Some(link) = self.metrics.link(&self.neighbor) {
+            link.records_sent.inc_by(records.len() as u64);
+            link.bytes_sent.inc_by((out.len() - start) as u64);
         }
         let lines = records.iter().map(Record::line);
         self.log.each_line_out(c.conn, SystemTime::now(), lines);
@@ -382,6 +421,9 @@ impl Handler<Stored> for PeerLink {
                  the queue is dropped and everything is resent on the next connection",
                 c.out.len()
             );
+            if let Some(link) = self.metrics.link(&self.neighbor) {
+                link.queue_drops.inc();
+            }
             return self.down(&why, ctx);
         }
         // Handed to the socket before this handler returns, so before its answer reaches

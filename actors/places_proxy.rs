@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use crate::answer_cache::{AnswerCache, SearchKey};
 use crate::config::{PlacesApi, PlacesConfig};
+use crate::metrics::Metrics;
 use crate::places_json::{self, BadAnswer, UNKNOWN_ERROR};
 use crate::places_new;
 use crate::protocol::{Degrees, MAX_BOUND, Radius};
@@ -89,6 +90,8 @@ pub struct PlacesProxy {
     in_flight: HashMap<SearchKey, Vec<oneshot::Sender<Fetched>>>,
     /// One permit per call allowed under way at once ([`PlacesConfig::max_concurrent`]).
     call_slots: Rc<Semaphore>,
+    /// What the server counts.
+    metrics: Arc<Metrics>,
 }
 
 /// The whole answer of one call, in the legacy shape, before it is cut to a bound.
@@ -116,7 +119,14 @@ impl PlacesProxy {
             in_flight: HashMap::new(),
             settings,
             key,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the server's), instead of numbers of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> PlacesProxy {
+        self.metrics = metrics;
+        self
     }
 
     /// Starts the call for `search` and hands its answer to everyone waiting for it.
@@ -130,6 +140,7 @@ impl PlacesProxy {
         );
         let call_slots = Rc::clone(&self.call_slots);
         let scrub_key = key.clone();
+        let started = Instant::now();
         let call = async move {
             let work = async {
                 let _slot = call_slots.acquire().await.map_err(|e| e.to_string())?;
@@ -145,15 +156,22 @@ impl PlacesProxy {
                 })
         };
         ctx.spawn(call.into_actor(self).map(move |result, act, _| {
+            act.metrics.places.calls.inc();
+            let places = &act.metrics.places;
+            places.latency.observe(started.elapsed().as_secs_f64());
             let json = match result {
                 Ok(json) => {
-                    if places_json::is_reusable(&json) {
+                    let status = places_json::status(&json);
+                    if places_json::is_reusable(status.as_deref()) {
                         act.cache
                             .put(search_key.clone(), Arc::clone(&json), Instant::now());
+                    } else {
+                        places.error(status.as_deref().unwrap_or(UNKNOWN_ERROR));
                     }
                     json
                 }
                 Err(error) => {
+                    places.error(UNKNOWN_ERROR);
                     let error = match &scrub_key {
                         Some(key) => key.scrub(&error),
                         None => error,
@@ -268,9 +286,18 @@ impl Handler<NearbySearch> for PlacesProxy {
         let bound = usize::from(search.bound);
         let search_key = SearchKey::new(search.position, &search.radius, self.settings.api);
         let cached = self.cache.get(&search_key, Instant::now());
+        let places = &self.metrics.places;
+        self.metrics.places_backlog.dec();
+        places.searches.inc();
         let how = match (&cached, self.in_flight.contains_key(&search_key)) {
-            (Some(_), _) => "cached",
-            (None, true) => "joins the call under way",
+            (Some(_), _) => {
+                places.cache_hits.inc();
+                "cached"
+            }
+            (None, true) => {
+                places.joined.inc();
+                "joins the call under way"
+            }
             (None, false) => "calls the API",
         };
         debug!(

@@ -12,6 +12,7 @@ use crate::certs;
 use crate::config::{ConfigError, HerdConfig};
 use crate::descriptors;
 use crate::node::Node;
+use crate::status;
 
 /// A proxy server herd: phones report positions to any server, any server answers what is
 /// near them.
@@ -62,6 +63,16 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::MAX_DAYS)))]
         days: u32,
     },
+    /// One table of the whole herd, asked of each server's admin address; the exit status
+    /// is 0 when every server answers, 1 otherwise.
+    Status {
+        /// The herd's config file.
+        #[arg(short, long, default_value = "herd.toml")]
+        config: PathBuf,
+        /// Print each server's status as JSON instead (one array).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -100,6 +111,15 @@ impl Cli {
                 let out = out.unwrap_or_else(|| certs::default_dir(&herd));
                 let report = certs::make(&herd, &out, &certs::Options { force, days })?;
                 write!(std::io::stdout().lock(), "{report}").context("cannot print the report")
+            }
+            Command::Status { config, json } => {
+                let herd = load(&config)?;
+                let all_up = status::show(&herd, json)?;
+                if all_up {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("not every server of the herd answered"))
+                }
             }
         }
     }

@@ -288,6 +288,8 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// Where clients reach the server over TLS, if anywhere (with `[tls]`).
     pub tls_addr: Option<SocketAddr>,
+    /// Where the server answers HTTP for those who watch it (metrics, status), if anywhere.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -370,6 +372,7 @@ struct RawNode {
     peer_addr: Option<String>,
     listen: Option<String>,
     tls_addr: Option<String>,
+    admin_addr: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -641,12 +644,18 @@ fn validate_nodes(raw: Vec<RawNode>) -> Result<Vec<NodeConfig>, ConfigError> {
                 .as_deref()
                 .map(|a| parse("tls_addr", a))
                 .transpose()?,
+            admin_addr: n
+                .admin_addr
+                .as_deref()
+                .map(|a| parse("admin_addr", a))
+                .transpose()?,
             name: n.name,
         };
         let addresses = [
             Some(("addr", node.addr)),
             node.peer_addr.map(|a| ("peer_addr", a)),
             node.tls_addr.map(|a| ("tls_addr", a)),
+            node.admin_addr.map(|a| ("admin_addr", a)),
         ];
         for (field, addr) in addresses.into_iter().flatten() {
             let user = format!("{}.{field}", node.name);
@@ -721,6 +730,9 @@ impl fmt::Display for HerdConfig {
             }
             if let Some(t) = n.tls_addr {
                 write!(f, "  tls_addr {t}")?;
+            }
+            if let Some(a) = n.admin_addr {
+                write!(f, "  admin_addr {a}")?;
             }
             let neighbors: Vec<_> = self.neighbors(&n.name).map(|m| m.name.as_str()).collect();
             writeln!(f, "  neighbors: {}", neighbors.join(", "))?;

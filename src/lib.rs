@@ -23,8 +23,11 @@
 //! - [`tls`]: the herd's certificates, read into rustls, and who a certificate names.
 //! - [`certs`]: making those certificates (`herd certs`): the herd's CA and each server's.
 //! - [`store_file`]: the records a server stores, appended to a file and read back at start.
+//! - [`metrics`]: what a server counts about itself, for `/metrics` and `/status`.
 //! - [`server_log`]: each server's log file, written off the hot path.
+//! - [`admin`]: the admin listener: metrics, health, status, the herd and its page.
 //! - [`node`]: starting one server (its actors and listener) and stopping it cleanly.
+//! - [`status`]: `herd status`, the whole herd in one table.
 //! - [`cli`]: the `herd` command line.
 //!
 //! Beside this crate in the workspace: `herd-bench` (`bench/`), the tools that measure a
@@ -33,6 +36,7 @@
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod admin;
 pub mod answer_cache;
 pub mod answer_queue;
 pub mod backoff;
@@ -41,6 +45,7 @@ pub mod cli;
 pub mod config;
 pub mod descriptors;
 pub mod line;
+pub mod metrics;
 pub mod node;
 pub mod places_json;
 pub mod places_new;
@@ -48,6 +53,7 @@ pub mod protocol;
 pub mod record_table;
 pub mod server_log;
 pub mod socket_out;
+pub mod status;
 pub mod store_file;
 pub mod stream;
 pub mod tls;

@@ -30,7 +30,9 @@ use crate::actors::client_session::{
 use crate::actors::location_store::{CloseFile, LocationStore, Subscribe};
 use crate::actors::peer_link::{Close, PeerLink};
 use crate::actors::places_proxy::{ApiKey, PlacesProxy};
+use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, HerdConfig};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Command};
 use crate::record_table::RecordTable;
 use crate::server_log::{LogWriter, ServerLog};
@@ -118,6 +120,8 @@ pub struct Node {
     tls_dir: Option<PathBuf>,
     /// The task that warns of a certificate near its end, daily.
     watching_expiry: Option<JoinHandle<()>>,
+    /// The admin listener, stopped with the server.
+    admin: Option<actix_web::dev::ServerHandle>,
     log: ServerLog,
     log_writer: LogWriter,
     stop: watch::Sender<bool>,
@@ -169,6 +173,7 @@ impl Node {
         };
         let peer_listener = bind_also(node.peer_addr)?;
         let tls_listener = bind_also(node.tls_addr)?;
+        let admin_listener = bind_also(node.admin_addr)?;
         let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
         let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
         let tls = match &config.tls {
@@ -252,7 +257,11 @@ impl Node {
             None => None,
         };
         let durable = file.is_some();
-        let store = LocationStore::new(records, file).start();
+        let neighbor_names: Vec<&str> = config.neighbors(name).map(|n| n.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(neighbor_names, log.clone()));
+        let store = LocationStore::new(records, file)
+            .with_metrics(Arc::clone(&metrics))
+            .start();
         let mut links = Vec::new();
         for neighbor in config.neighbors(name) {
             let link = PeerLink::new(
@@ -263,6 +272,7 @@ impl Node {
                 store.clone().recipient(),
                 log.clone(),
             )
+            .with_metrics(Arc::clone(&metrics))
             .start();
             store.do_send(Subscribe {
                 subscriber: link.clone().recipient(),
@@ -270,7 +280,9 @@ impl Node {
             });
             links.push(link);
         }
-        let places = PlacesProxy::new(config.places.clone(), key).start();
+        let places = PlacesProxy::new(config.places.clone(), key)
+            .with_metrics(Arc::clone(&metrics))
+            .start();
         let services = Services {
             store: store.clone().recipient(),
             lookup: store.clone().recipient(),
@@ -291,8 +303,9 @@ impl Node {
             servers,
             max_clock_skew: config.limits.max_clock_skew,
             links_in: InboundLinks::default(),
-            clients: ClientCount::default(),
+            clients: ClientCount::new(metrics.clients.clone()),
             durable,
+            metrics: Arc::clone(&metrics),
             certified_hellos: false,
             log: log.clone(),
             // With a separate peer address, a hello on the client address is refused.
@@ -328,6 +341,37 @@ impl Node {
             accept.tls = Some((tls.clone(), Port::Clients));
             accepting.push(actix_rt::spawn(accept.run(tls_listener)));
         }
+        let admin = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let state = AdminState {
+                    name: name.to_owned(),
+                    metrics: Arc::clone(&metrics),
+                    servers: config
+                        .nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), n.admin_addr))
+                        .collect(),
+                    links: config.links.clone().into(),
+                };
+                let listener = listener
+                    .into_std()
+                    .map_err(|e| bind_error(node.listen_addr(), e))?;
+                let handle = admin::start(listener, state).map_err(|error| StartError::Bind {
+                    name: name.to_owned(),
+                    addr: addr.unwrap_or(node.listen_addr()),
+                    error,
+                })?;
+                if let Some(addr) = addr {
+                    log.note(
+                        None,
+                        format!("{name} serving its admin page and metrics on {addr}"),
+                    );
+                }
+                Some(handle)
+            }
+            None => None,
+        };
         let watching_expiry = tls
             .clone()
             .map(|tls| actix_rt::spawn(watch_expiry(tls, log.clone(), name.to_owned())));
@@ -342,6 +386,7 @@ impl Node {
             tls,
             tls_dir: config.tls.as_ref().map(|t| t.dir.clone()),
             watching_expiry,
+            admin,
             log,
             log_writer,
             stop,
@@ -411,6 +456,9 @@ impl Node {
         let _ = self.stop.send(true);
         if let Some(watching) = &self.watching_expiry {
             watching.abort();
+        }
+        if let Some(admin) = &self.admin {
+            admin.stop(true).await;
         }
         for accepting in self.accepting {
             let _ = accepting.await;
@@ -504,6 +552,7 @@ impl Accept {
                 settings.log.note(None, note);
                 failed = 0;
             }
+            settings.metrics.connections_accepted.inc();
             // Answers are written whole; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
             let at_cap = settings.clients.get() >= self.max_clients;

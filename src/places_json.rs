@@ -119,18 +119,22 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Whether an answer is worth keeping for reuse: only a real answer (`OK` or
-/// `ZERO_RESULTS`), never an error, which may be gone on the next call.
-pub fn is_reusable(json: &str) -> bool {
+/// The `status` of an answer in the legacy shape (`OK`, `ZERO_RESULTS`, `REQUEST_DENIED`,
+/// ...), if it has one.
+pub fn status(json: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Status<'a> {
         #[serde(borrow)]
         status: Option<Cow<'a, str>>,
     }
-    matches!(
-        serde_json::from_str::<Status<'_>>(json),
-        Ok(Status { status: Some(s) }) if s == "OK" || s == "ZERO_RESULTS"
-    )
+    let Status { status } = serde_json::from_str::<Status<'_>>(json).ok()?;
+    status.map(Cow::into_owned)
+}
+
+/// Whether an answer with `status` is worth keeping for reuse: only a real answer (`OK` or
+/// `ZERO_RESULTS`), never an error, which may be gone on the next call.
+pub fn is_reusable(status: Option<&str>) -> bool {
+    matches!(status, Some("OK" | "ZERO_RESULTS"))
 }
 
 /// An answer in the legacy API's error shape: no results, a status and a message.
@@ -214,15 +218,20 @@ mod tests {
 
     #[test]
     fn only_real_answers_are_reusable() {
-        assert!(is_reusable(THREE));
-        assert!(is_reusable(include_str!(
+        let reusable = |json: &str| is_reusable(status(json).as_deref());
+        assert!(reusable(THREE));
+        assert!(reusable(include_str!(
             "../tests/fixtures/places/legacy_zero_results.json"
         )));
-        assert!(!is_reusable(include_str!(
+        assert!(!reusable(include_str!(
             "../tests/fixtures/places/legacy_request_denied.json"
         )));
-        assert!(!is_reusable(&error_answer(UNKNOWN_ERROR, "x")));
-        assert!(!is_reusable("{}"));
+        assert!(!reusable(&error_answer(UNKNOWN_ERROR, "x")));
+        assert!(!reusable("{}"));
+        assert_eq!(
+            status(&error_answer(UNKNOWN_ERROR, "x")).as_deref(),
+            Some(UNKNOWN_ERROR)
+        );
     }
 
     #[test]

@@ -94,6 +94,10 @@ struct Shared {
     reopen: AtomicBool,
     /// The log thread, to wake early.
     thread: OnceLock<Thread>,
+    /// Bytes handed to the file, for the server's metrics.
+    bytes_written: AtomicU64,
+    /// Events dropped because the buffer was full, for the server's metrics.
+    events_dropped: AtomicU64,
     /// The log thread's turns, for a test that it sleeps while idle.
     #[cfg(test)]
     turns: std::sync::atomic::AtomicU64,
@@ -170,6 +174,17 @@ impl ServerLog {
     /// at 1 and are never reused while the server runs.
     pub fn next_conn(&self) -> u64 {
         self.conns.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Bytes written to the file so far, and events dropped because the disk could not keep
+    /// up: what the server's metrics say about its log.
+    pub fn written_and_dropped(&self) -> (u64, u64) {
+        self.shared.as_ref().map_or((0, 0), |shared| {
+            (
+                shared.bytes_written.load(Ordering::Relaxed),
+                shared.events_dropped.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Whether more log text waits than the thread takes in one turn: a sender that can
@@ -563,11 +578,15 @@ fn write_out(shared: &Shared, mut file: LogFile) {
             (std::mem::take(&mut pending.dropped), pending.idle)
         };
         if dropped > 0 {
+            shared.events_dropped.fetch_add(dropped, Ordering::Relaxed);
             let full = note(&format!("log buffer full: {dropped} events not logged"));
             spare.extend_from_slice(full.as_bytes());
         }
         if !spare.is_empty() {
             file.write(&spare);
+            shared
+                .bytes_written
+                .fetch_add(spare.len() as u64, Ordering::Relaxed);
         }
         spare.clear();
         if spare.capacity() > KEPT_BUFFER_BYTES {

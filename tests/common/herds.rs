@@ -82,6 +82,7 @@ pub struct HerdBuilder {
     places_url: Option<String>,
     sections: String,
     links_over: Links,
+    admin: bool,
 }
 
 /// What a test herd's links run over: every end-to-end test of the links runs in both.
@@ -110,6 +111,7 @@ impl HerdBuilder {
             places_url: None,
             sections: String::new(),
             links_over: Links::Plain,
+            admin: false,
         }
     }
 
@@ -149,6 +151,12 @@ impl HerdBuilder {
     /// (for example the dummy `http://127.0.0.1:9/x`).
     pub fn places_url(mut self, url: &str) -> HerdBuilder {
         self.places_url = Some(url.to_owned());
+        self
+    }
+
+    /// Gives every server an `admin_addr` (on a free port).
+    pub fn admin(mut self) -> HerdBuilder {
+        self.admin = true;
         self
     }
 
@@ -232,6 +240,9 @@ impl HerdBuilder {
             if let Some(tls) = self.tls_addrs.get(name) {
                 let _ = writeln!(toml, "tls_addr = \"{tls}\"");
             }
+            if self.admin {
+                let _ = writeln!(toml, "admin_addr = \"127.0.0.1:{}\"", free_port());
+            }
         }
         for (name, addr) in &self.external {
             let _ = write!(toml, "\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n");
@@ -306,6 +317,15 @@ impl Herd {
     /// Every server's client address.
     pub fn addrs(&self) -> BTreeMap<String, SocketAddr> {
         self.client_addrs.clone()
+    }
+
+    /// Where server `name` answers HTTP (it was given an `admin_addr`).
+    pub fn admin_addr(&self, name: &str) -> SocketAddr {
+        self.config
+            .node(name)
+            .ok()
+            .and_then(|n| n.admin_addr)
+            .unwrap_or_else(|| panic!("{name} has no admin_addr"))
     }
 
     /// The running server `name`.
