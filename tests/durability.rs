@@ -137,6 +137,16 @@ fn at_least(held: Option<&String>, acknowledged: &str) -> bool {
     })
 }
 
+/// Starts Clark again, alone, and checks it holds every record of `latest`.
+fn assert_restarted_clark_knows(setup: &Setup, latest: &BTreeMap<String, String>) {
+    let clark = setup.start(&["run", "Clark"]);
+    for (client, line) in latest {
+        let back = known(setup.addr("Clark"), client);
+        assert_eq!(back.as_ref(), Some(line), "{client}");
+    }
+    kill(clark);
+}
+
 /// Waits until `check` holds, for at most thirty seconds.
 fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -340,15 +350,7 @@ fn a_rewrite_under_load_loses_nothing() {
         .unwrap()
         .len();
     assert!(size < 40_000, "the file was not kept small: {size} bytes");
-    let clark = setup.start(&["run", "Clark"]);
-    for (client, line) in &latest {
-        assert_eq!(
-            known(setup.addr("Clark"), client).as_ref(),
-            Some(line),
-            "{client}"
-        );
-    }
-    kill(clark);
+    assert_restarted_clark_knows(&setup, &latest);
 }
 
 /// A file system of `bytes` mounted at `path` (tmpfs), unmounted when dropped.
@@ -425,13 +427,5 @@ fn a_full_disk_costs_durability_not_answers_and_durability_comes_back_with_room(
         }
     });
     kill(clark);
-    let clark = setup.start(&["run", "Clark"]);
-    for (client, line) in &latest {
-        assert_eq!(
-            known(setup.addr("Clark"), client).as_ref(),
-            Some(line),
-            "{client}"
-        );
-    }
-    kill(clark);
+    assert_restarted_clark_knows(&setup, &latest);
 }
