@@ -223,39 +223,7 @@ impl Node {
 
         let me: Arc<str> = Arc::from(name);
         let mut records = RecordTable::default();
-        let file = match &config.store.dir {
-            Some(dir) => {
-                let path = dir.join(format!("{name}.aof"));
-                let started = std::time::Instant::now();
-                let opened = StoreFile::open(&path, &config.store, &mut records, log.clone(), name);
-                let (file, loaded) = opened.map_err(|error| StartError::Store {
-                    name: name.to_owned(),
-                    error,
-                })?;
-                if loaded.torn_bytes > 0 {
-                    let note = format!(
-                        "{}: its last line was cut short ({} bytes, never acknowledged): cut off",
-                        path.display(),
-                        loaded.torn_bytes
-                    );
-                    warn!(target: LOG_TARGET, "{name}: {note}");
-                    log.note(None, note);
-                }
-                log.note(
-                    None,
-                    format!(
-                        "{} records read from {} ({} lines, {} ms); fsync {}",
-                        records.len(),
-                        path.display(),
-                        loaded.lines,
-                        started.elapsed().as_millis(),
-                        config.store.fsync
-                    ),
-                );
-                Some(file)
-            }
-            None => None,
-        };
+        let file = open_store_file(config, name, &mut records, &log)?;
         let durable = file.is_some();
         let neighbor_names: Vec<&str> = config.neighbors(name).map(|n| n.name.as_str()).collect();
         let metrics = Arc::new(Metrics::new(neighbor_names, log.clone()));
@@ -343,32 +311,14 @@ impl Node {
         }
         let admin = match admin_listener {
             Some(listener) => {
-                let addr = listener.local_addr().ok();
-                let state = AdminState {
-                    name: name.to_owned(),
-                    metrics: Arc::clone(&metrics),
-                    servers: config
-                        .nodes
-                        .iter()
-                        .map(|n| (n.name.clone(), n.admin_addr))
-                        .collect(),
-                    links: config.links.clone().into(),
-                };
-                let listener = listener
-                    .into_std()
-                    .map_err(|e| bind_error(node.listen_addr(), e))?;
-                let handle = admin::start(listener, state).map_err(|error| StartError::Bind {
-                    name: name.to_owned(),
-                    addr: addr.unwrap_or(node.listen_addr()),
-                    error,
-                })?;
-                if let Some(addr) = addr {
-                    log.note(
-                        None,
-                        format!("{name} serving its admin page and metrics on {addr}"),
-                    );
-                }
-                Some(handle)
+                let configured = node.admin_addr.unwrap_or(node.addr);
+                Some(start_admin(
+                    config,
+                    name,
+                    (listener, configured),
+                    &metrics,
+                    &log,
+                )?)
             }
             None => None,
         };
@@ -481,6 +431,84 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
             addr,
             error,
         })
+}
+
+/// Starts server `name`'s admin listener on `listener` (bound for `configured`), serving
+/// `metrics`.
+fn start_admin(
+    config: &HerdConfig,
+    name: &str,
+    (listener, configured): (TcpListener, SocketAddr),
+    metrics: &Arc<Metrics>,
+    log: &ServerLog,
+) -> Result<actix_web::dev::ServerHandle, StartError> {
+    let state = AdminState {
+        name: name.to_owned(),
+        metrics: Arc::clone(metrics),
+        servers: config
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.admin_addr))
+            .collect(),
+        links: config.links.clone().into(),
+    };
+    let bound = listener.local_addr();
+    let started = listener
+        .into_std()
+        .and_then(|listener| admin::start(listener, state));
+    let (addr, handle) = bound
+        .and_then(|addr| started.map(|handle| (addr, handle)))
+        .map_err(|error| StartError::Bind {
+            name: name.to_owned(),
+            addr: configured,
+            error,
+        })?;
+    log.note(
+        None,
+        format!("{name} serving its admin page and metrics on {addr}"),
+    );
+    Ok(handle)
+}
+
+/// Opens server `name`'s store file, if it keeps one, reading its records into `records`;
+/// says in the log what it read, and a torn last line cut off.
+fn open_store_file(
+    config: &HerdConfig,
+    name: &str,
+    records: &mut RecordTable,
+    log: &ServerLog,
+) -> Result<Option<StoreFile>, StartError> {
+    let Some(dir) = &config.store.dir else {
+        return Ok(None);
+    };
+    let path = dir.join(format!("{name}.aof"));
+    let started = std::time::Instant::now();
+    let opened = StoreFile::open(&path, &config.store, records, log.clone(), name);
+    let (file, loaded) = opened.map_err(|error| StartError::Store {
+        name: name.to_owned(),
+        error,
+    })?;
+    if loaded.torn_bytes > 0 {
+        let note = format!(
+            "{}: its last line was cut short ({} bytes, never acknowledged): cut off",
+            path.display(),
+            loaded.torn_bytes
+        );
+        warn!(target: LOG_TARGET, "{name}: {note}");
+        log.note(None, note);
+    }
+    log.note(
+        None,
+        format!(
+            "{} records read from {} ({} lines, {} ms); fsync {}",
+            records.len(),
+            path.display(),
+            loaded.lines,
+            started.elapsed().as_millis(),
+            config.store.fsync
+        ),
+    );
+    Ok(Some(file))
 }
 
 /// What an accept loop needs: the sessions' settings and services, when to stop, and the
