@@ -11,7 +11,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use herd::server_log::ServerLog;
+use herd::config::LogConfig;
+use herd::server_log::{LogLines, ServerLog};
 
 /// IAMATs per pass: their log (~5 MB) fits in the log's buffer, so none is dropped.
 const IAMATS: usize = 20_000;
@@ -19,7 +20,11 @@ const PASSES: usize = 50;
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("herd-log-bench-{}", std::process::id()));
-    let (log, writer) = ServerLog::open(&dir, "Bench").expect("open the log");
+    let config = LogConfig {
+        dir: dir.clone(),
+        lines: LogLines::All,
+    };
+    let (log, writer) = ServerLog::open(&config, "Bench").expect("open the log");
     let lines: Vec<(String, String)> = (0..IAMATS)
         .map(|i| {
             let client =

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::server_log::LogLines;
+
 /// The places API's default address (Google's legacy Nearby Search).
 pub const DEFAULT_PLACES_URL: &str = "https://maps.googleapis.com/maps/api/place/nearbysearch/json";
 
@@ -145,6 +147,9 @@ pub enum ConfigError {
          certificate must carry with [tls]"
     )]
     NotADnsName(String),
+    /// `[log] lines` names no level.
+    #[error("log.lines = {0:?} is not a level: use \"all\", \"errors\" or \"none\"")]
+    UnsupportedLogLines(String),
     /// `[store] fsync` names no policy.
     #[error("store.fsync = {0:?} is not a policy: use \"always\", \"everysec\" or \"no\"")]
     UnsupportedFsync(String),
@@ -200,11 +205,14 @@ pub struct PlacesConfig {
     pub max_concurrent: usize,
 }
 
-/// `[log]`: where each server writes its log file.
+/// `[log]`: where each server writes its log file, and how much of what it does.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// The directory of `<Name>.log` files, relative to the working directory.
     pub dir: PathBuf,
+    /// What the log keeps: every line, only what needs attention, or only the server's
+    /// own events.
+    pub lines: LogLines,
 }
 
 /// `[store]`: where each server keeps the records it stores, so that they survive a crash
@@ -342,10 +350,11 @@ struct RawPlaces {
     max_concurrent: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
     dir: Option<String>,
+    lines: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -533,6 +542,13 @@ impl HerdConfig {
             .dir
             .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
         validate_tls(tls.as_ref(), &nodes)?;
+        let raw_log = raw.log.unwrap_or_default();
+        let lines = match raw_log.lines.as_deref().unwrap_or("all") {
+            "all" => LogLines::All,
+            "errors" => LogLines::Errors,
+            "none" => LogLines::None,
+            other => return Err(ConfigError::UnsupportedLogLines(other.to_owned())),
+        };
         Ok(HerdConfig {
             places: PlacesConfig {
                 api,
@@ -545,11 +561,8 @@ impl HerdConfig {
                 max_concurrent,
             },
             log: LogConfig {
-                dir: raw
-                    .log
-                    .and_then(|l| l.dir)
-                    .unwrap_or_else(|| "logs".to_owned())
-                    .into(),
+                dir: raw_log.dir.unwrap_or_else(|| "logs".to_owned()).into(),
+                lines,
             },
             store: StoreConfig {
                 dir: (!store_dir.is_empty()).then(|| store_dir.into()),
@@ -751,7 +764,12 @@ impl fmt::Display for HerdConfig {
             self.places.cache_entries,
             self.places.max_concurrent
         )?;
-        writeln!(f, "log dir: {}", self.log.dir.display())?;
+        writeln!(
+            f,
+            "log dir: {} (lines: {})",
+            self.log.dir.display(),
+            self.log.lines
+        )?;
         match &self.store.dir {
             Some(dir) => writeln!(f, "store: {} (fsync {})", dir.display(), self.store.fsync)?,
             None => writeln!(f, "store: off (records in memory only)")?,
@@ -880,6 +898,42 @@ listen = "0.0.0.0:10001"
         assert_eq!(c.places.timeout, Duration::from_millis(1500));
         assert_eq!(c.limits.max_line_bytes, 64);
         assert_eq!(c.log.dir, PathBuf::from("/tmp/herd-logs"));
+    }
+
+    #[test]
+    fn log_lines_are_read_overridden_refused_and_shown() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.log.lines, LogLines::All, "the default");
+        assert!(
+            c.to_string().contains("log dir: somewhere (lines: all)"),
+            "{c}"
+        );
+        let errors = GOOD.replace(
+            "dir = \"somewhere\"",
+            "dir = \"somewhere\"\nlines = \"errors\"",
+        );
+        let c = load(&errors, &[]).unwrap();
+        assert_eq!(c.log.lines, LogLines::Errors);
+        assert!(c.to_string().contains("(lines: errors)"), "{c}");
+        let c = load(&errors, &[("HERD_LOG__LINES", "none")]).unwrap();
+        assert_eq!(c.log.lines, LogLines::None);
+        for wrong in ["verbose", "All", "", "0"] {
+            let file = GOOD.replace("dir = \"somewhere\"", &format!("lines = {wrong:?}"));
+            assert_eq!(
+                refused(&file),
+                format!(
+                    "log.lines = {wrong:?} is not a level: use \"all\", \"errors\" or \"none\""
+                ),
+            );
+        }
+        let from_env = load(GOOD, &[("HERD_LOG__LINES", "quiet")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            from_env,
+            "environment variable HERD_LOG__LINES: log.lines = \"quiet\" is not a level: use \
+             \"all\", \"errors\" or \"none\""
+        );
     }
 
     #[test]

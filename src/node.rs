@@ -187,7 +187,7 @@ impl Node {
             None => None,
         };
         let (log, log_writer) =
-            ServerLog::open(&config.log.dir, name).map_err(|error| StartError::Log {
+            ServerLog::open(&config.log, name).map_err(|error| StartError::Log {
                 name: name.to_owned(),
                 dir: config.log.dir.clone(),
                 error,

@@ -1,6 +1,11 @@
 //! Each server's log file: every line in and out, with a timestamp and the
 //! connection it belongs to, and connections and links opened and closed.
 //!
+//! How much of that is written is the server's [`LogLines`] (`[log] lines`): everything, only
+//! what needs attention, or only the server's own events. Each note says what it is about
+//! ([`NoteKind`]), and each level keeps the kinds it is for. A level that leaves something
+//! out costs one comparison where it is logged: it is checked before anything is formatted.
+//!
 //! Logging sits on the per-line hot path, so it must cost the server little and never make
 //! it wait. The caller formats the log line straight into a shared buffer (a few tens of
 //! nanoseconds: the date part of the timestamp is formatted once a second), and a thread of
@@ -24,10 +29,11 @@
 //! once written again, says how much is missing.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -36,6 +42,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use rustix::fs::Advice;
+
+use crate::config::LogConfig;
 
 /// The log target of what happens to the log file itself (a failed write, a reopen).
 pub const LOG_TARGET: &str = "herd::server_log";
@@ -57,6 +65,59 @@ const WAKE_AT_BYTES: usize = 256 << 10;
 /// A buffer larger than this is not kept for reuse once written (a burst is over).
 const KEPT_BUFFER_BYTES: usize = 1 << 20;
 
+/// How much a server's log keeps (`[log] lines`). Each level keeps what the one after it
+/// keeps, and more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLines {
+    /// Every line in and out, client connections opened and closed, and every note.
+    #[default]
+    All,
+    /// What needs attention: invalid lines (the line in, when it is found invalid, and
+    /// its `? ...` answer out), lines a neighbor sends back on a link (refusals), client
+    /// connections opened and closed, the server's own events and failures. No valid
+    /// traffic: no IAMAT or WHATSAT and their answers, no records sent on links.
+    Errors,
+    /// No lines and no client connections: only the server's own events (start, stop,
+    /// links) and failures.
+    None,
+}
+
+impl LogLines {
+    /// Whether a note of `kind` is written at this level.
+    fn keeps(self, kind: NoteKind) -> bool {
+        match kind {
+            NoteKind::Connection => self != LogLines::None,
+            NoteKind::Server | NoteKind::Failure => true,
+        }
+    }
+}
+
+impl fmt::Display for LogLines {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLines::All => "all",
+            LogLines::Errors => "errors",
+            LogLines::None => "none",
+        })
+    }
+}
+
+/// What a note is about, which decides at which [`LogLines`] it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A connection accepted or closed: a client's, or a neighbor's link on the side that
+    /// accepts it (its hello, once accepted, is a [`NoteKind::Server`] note): at `all` and
+    /// `errors`.
+    Connection,
+    /// The server's own events: its start and stop, links opened, re-established,
+    /// accepted, replaced and closed, its store file read or rewritten: at every level.
+    Server,
+    /// Something failed or was refused (a link dropped, a write that failed, trouble with
+    /// the store file, a handshake or a hello refused): at every level.
+    Failure,
+}
+
 /// A handle to a server's log file; cheap to clone, one per actor that logs.
 #[derive(Clone, Debug)]
 pub struct ServerLog {
@@ -65,6 +126,8 @@ pub struct ServerLog {
     shared: Option<Arc<Shared>>,
     /// The last connection number given out (see [`ServerLog::next_conn`]).
     conns: Arc<AtomicU64>,
+    /// What is written.
+    lines: LogLines,
 }
 
 /// What a body to log holds: one line (no line ending inside: the caller cut it so), or
@@ -129,8 +192,10 @@ struct StampCache {
 }
 
 impl ServerLog {
-    /// Opens (appending) `<dir>/<name>.log` and starts its thread.
-    pub fn open(dir: &Path, name: &str) -> io::Result<(ServerLog, LogWriter)> {
+    /// Opens (appending) `<dir>/<name>.log` of `config`, to write what its `lines` keeps,
+    /// and starts its thread.
+    pub fn open(config: &LogConfig, name: &str) -> io::Result<(ServerLog, LogWriter)> {
+        let LogConfig { dir, lines } = config;
         fs::create_dir_all(dir)?;
         let file = LogFile::open(dir.join(format!("{name}.log")))?;
         let shared = Arc::new(Shared::default());
@@ -139,7 +204,7 @@ impl ServerLog {
             .name(format!("log-{name}"))
             .spawn(move || write_out(&thread_shared, file))?;
         let _ = shared.thread.set(thread.thread().clone());
-        let log = ServerLog::with(Some(Arc::clone(&shared)));
+        let log = ServerLog::with(Some(Arc::clone(&shared)), *lines);
         Ok((
             log,
             LogWriter {
@@ -149,24 +214,34 @@ impl ServerLog {
         ))
     }
 
-    fn with(shared: Option<Arc<Shared>>) -> ServerLog {
+    fn with(shared: Option<Arc<Shared>>, lines: LogLines) -> ServerLog {
         ServerLog {
             shared,
             conns: Arc::default(),
+            lines,
         }
     }
 
     /// A log that writes nowhere, for tests of one actor.
     pub fn discard() -> ServerLog {
-        ServerLog::with(None)
+        ServerLog::with(None, LogLines::All)
     }
 
     /// A log whose text stays in memory until the test takes it (no thread writes it out),
     /// for tests of one actor that look at what it logged or at a log that falls behind.
     #[cfg(test)]
     pub(crate) fn held() -> (ServerLog, HeldLog) {
+        ServerLog::held_at(LogLines::All)
+    }
+
+    /// As [`ServerLog::held`], keeping what `lines` keeps.
+    #[cfg(test)]
+    pub(crate) fn held_at(lines: LogLines) -> (ServerLog, HeldLog) {
         let shared = Arc::new(Shared::default());
-        (ServerLog::with(Some(Arc::clone(&shared))), HeldLog(shared))
+        (
+            ServerLog::with(Some(Arc::clone(&shared)), lines),
+            HeldLog(shared),
+        )
     }
 
     /// The number of a connection just opened, client's or link's: the log labels each
@@ -197,40 +272,78 @@ impl ServerLog {
     }
 
     /// A line received on connection `conn` at `at` (the caller read the clock once for
-    /// all the lines of a read), without its line ending.
+    /// all the lines of a read), without its line ending; written at [`LogLines::All`].
+    /// A line found invalid once parsed is handed to [`ServerLog::invalid_in`] too.
     pub fn line_in(&self, conn: u64, at: SystemTime, line: &[u8]) {
-        self.log(at, Some(conn), b'<', line, Lines::One);
+        if self.lines == LogLines::All {
+            self.log(at, Some(conn), b'<', line, Lines::One);
+        }
+    }
+
+    /// A line received on connection `conn` at `at`, found invalid (or otherwise not
+    /// taken) once parsed: written at [`LogLines::Errors`], where [`ServerLog::line_in`]
+    /// wrote nothing. At [`LogLines::All`], `line_in` wrote it when it came, so that the
+    /// log keeps the order lines came in.
+    pub fn invalid_in(&self, conn: u64, at: SystemTime, line: &[u8]) {
+        if self.lines == LogLines::Errors {
+            self.log(at, Some(conn), b'<', line, Lines::One);
+        }
     }
 
     /// One line written on connection `conn` at `at` (an IAMAT's answer), without its line
-    /// ending.
+    /// ending; written at [`LogLines::All`].
     pub fn line_out(&self, conn: u64, at: SystemTime, line: &str) {
-        self.log(at, Some(conn), b'>', line.as_bytes(), Lines::One);
+        if self.lines == LogLines::All {
+            self.log(at, Some(conn), b'>', line.as_bytes(), Lines::One);
+        }
     }
 
     /// Lines written on connection `conn` at `at` (an answer, or records sent to a
-    /// neighbor; the last line ending may be left out).
+    /// neighbor; the last line ending may be left out); written at [`LogLines::All`].
     pub fn lines_out(&self, conn: u64, at: SystemTime, lines: &[u8]) {
-        self.log(at, Some(conn), b'>', lines, Lines::Many);
+        if self.lines == LogLines::All {
+            self.log(at, Some(conn), b'>', lines, Lines::Many);
+        }
     }
 
-    /// Anything else worth a line: a connection or link opened or closed, a refusal.
-    pub fn note(&self, conn: Option<u64>, text: impl Into<String>) {
-        let text = text.into();
-        self.log(SystemTime::now(), conn, b'-', text.as_bytes(), Lines::Many);
+    /// The answer to an invalid line (`? ...`), written on connection `conn` at `at`:
+    /// written at [`LogLines::All`] and [`LogLines::Errors`].
+    pub fn invalid_out(&self, conn: u64, at: SystemTime, answer: &[u8]) {
+        if self.lines != LogLines::None {
+            self.log(at, Some(conn), b'>', answer, Lines::Many);
+        }
     }
 
     /// Lines written on connection `conn` at `at`, one log line each (records sent on a
-    /// link: one log call, one prefix, for all the records of a write).
+    /// link: one log call, one prefix, for all the records of a write); written at
+    /// [`LogLines::All`].
     pub fn each_line_out<'a>(
         &self,
         conn: u64,
         at: SystemTime,
         lines: impl IntoIterator<Item = &'a str>,
     ) {
-        self.append(at, Some(conn), b'>', |out| {
-            lines.into_iter().for_each(|line| out.line(line.as_bytes()));
-        });
+        if self.lines == LogLines::All {
+            self.append(at, Some(conn), b'>', |out| {
+                lines.into_iter().for_each(|line| out.line(line.as_bytes()));
+            });
+        }
+    }
+
+    /// One of the server's own events ([`NoteKind::Server`]), written at every level: as
+    /// [`ServerLog::note_as`] with that kind.
+    pub fn note(&self, conn: Option<u64>, text: impl fmt::Display) {
+        self.note_as(NoteKind::Server, conn, text);
+    }
+
+    /// Anything else worth a line, of kind `kind`: a connection or link opened or closed,
+    /// a failure, a refusal. Written at the levels that keep `kind`; formatted only then
+    /// (`format_args!` costs nothing at a level that leaves it out).
+    pub fn note_as(&self, kind: NoteKind, conn: Option<u64>, text: impl fmt::Display) {
+        if self.lines.keeps(kind) {
+            let text = text.to_string();
+            self.log(SystemTime::now(), conn, b'-', text.as_bytes(), Lines::Many);
+        }
     }
 
     /// Appends one log line per line of `body`: `<stamp> [conn <n> ]<mark> <line>`.
@@ -606,12 +719,22 @@ fn write_out(shared: &Shared, mut file: LogFile) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::time::Duration;
+
+    /// Opens `<dir>/Clark.log`, writing every line.
+    fn open_in(dir: &Path) -> (ServerLog, LogWriter) {
+        let config = LogConfig {
+            dir: dir.to_owned(),
+            lines: LogLines::All,
+        };
+        ServerLog::open(&config, "Clark").unwrap()
+    }
 
     #[test]
     fn every_line_in_and_out_is_written_with_its_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let (log, writer) = open_in(dir.path());
         log.note(Some(3), "opened from 127.0.0.1:5000");
         log.line_in(3, SystemTime::now(), b"WHATSAT a 1 1");
         log.lines_out(3, SystemTime::now(), b"AT x\n{\n}\n\n");
@@ -640,10 +763,137 @@ mod tests {
         assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
     }
 
+    /// What a server's log gets over a short life, logged at `lines`: a start, a client's
+    /// valid and invalid lines and their answers, a link's hello, snapshot and records, a
+    /// link dropped, the client gone, a stop. Returns the log's lines without their stamps.
+    fn a_short_life_at(lines: LogLines) -> Vec<String> {
+        let (log, held) = ServerLog::held_at(lines);
+        let t = SystemTime::now();
+        log.note(None, "Clark listening on 127.0.0.1:10003");
+        log.note_as(NoteKind::Connection, Some(1), "opened from 127.0.0.1:5000");
+        log.line_in(1, t, b"IAMAT kiwi +1+1 1.5");
+        log.line_out(1, t, "AT Clark +0.1 kiwi +1+1 1.5");
+        log.line_in(1, t, b"WHATSAT kiwi 10 1");
+        log.lines_out(1, t, b"AT Clark +0.1 kiwi +1+1 1.5\n{\n}\n\n");
+        // Found invalid once parsed: handed to both, as a session does.
+        log.line_in(1, t, b"iamat kiwi");
+        log.invalid_in(1, t, b"iamat kiwi");
+        log.invalid_out(1, t, b"? iamat kiwi\n");
+        log.note_as(NoteKind::Server, Some(2), "link to Jaquez opened");
+        log.lines_out(2, t, b"PEER Clark\nAT Clark +0.1 kiwi +1+1 1.5\n");
+        log.each_line_out(2, t, ["AT Clark +0.2 kiwi +1+1 2.5"]);
+        log.note_as(
+            NoteKind::Failure,
+            Some(2),
+            "link to Jaquez dropped: write failed",
+        );
+        log.note_as(NoteKind::Connection, Some(1), "closed");
+        log.note(None, "stopped");
+        let text = held.take();
+        text.lines()
+            .map(|l| l.split_once(' ').unwrap().1.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn all_writes_every_line_in_and_out_and_every_note() {
+        assert_eq!(
+            a_short_life_at(LogLines::All),
+            [
+                "- Clark listening on 127.0.0.1:10003",
+                "conn 1 - opened from 127.0.0.1:5000",
+                "conn 1 < IAMAT kiwi +1+1 1.5",
+                "conn 1 > AT Clark +0.1 kiwi +1+1 1.5",
+                "conn 1 < WHATSAT kiwi 10 1",
+                "conn 1 > AT Clark +0.1 kiwi +1+1 1.5",
+                "conn 1 > {",
+                "conn 1 > }",
+                "conn 1 > ",
+                "conn 1 < iamat kiwi",
+                "conn 1 > ? iamat kiwi",
+                "conn 2 - link to Jaquez opened",
+                "conn 2 > PEER Clark",
+                "conn 2 > AT Clark +0.1 kiwi +1+1 1.5",
+                "conn 2 > AT Clark +0.2 kiwi +1+1 2.5",
+                "conn 2 - link to Jaquez dropped: write failed",
+                "conn 1 - closed",
+                "- stopped",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_writes_invalid_lines_connections_events_and_failures() {
+        assert_eq!(
+            a_short_life_at(LogLines::Errors),
+            [
+                "- Clark listening on 127.0.0.1:10003",
+                "conn 1 - opened from 127.0.0.1:5000",
+                "conn 1 < iamat kiwi",
+                "conn 1 > ? iamat kiwi",
+                "conn 2 - link to Jaquez opened",
+                "conn 2 - link to Jaquez dropped: write failed",
+                "conn 1 - closed",
+                "- stopped",
+            ]
+        );
+    }
+
+    #[test]
+    fn none_writes_only_the_servers_events_and_failures() {
+        assert_eq!(
+            a_short_life_at(LogLines::None),
+            [
+                "- Clark listening on 127.0.0.1:10003",
+                "conn 2 - link to Jaquez opened",
+                "conn 2 - link to Jaquez dropped: write failed",
+                "- stopped",
+            ]
+        );
+    }
+
+    /// Text that must never be formatted.
+    struct NeverFormatted;
+    impl fmt::Display for NeverFormatted {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            panic!("formatted a note its level leaves out");
+        }
+    }
+
+    #[test]
+    fn what_a_level_leaves_out_is_never_formatted_nor_counted() {
+        // A full buffer counts every event that reaches it as dropped: none here does.
+        let full = |lines| {
+            let (log, held) = ServerLog::held_at(lines);
+            held.0.lock().text.resize(LOG_BUFFER_BYTES, b'.');
+            (log, held)
+        };
+        let t = SystemTime::now();
+        let valid_traffic = |log: &ServerLog| {
+            log.line_in(1, t, b"IAMAT kiwi +1+1 1.5");
+            log.line_out(1, t, "AT Clark +0.1 kiwi +1+1 1.5");
+            log.lines_out(1, t, b"AT Clark +0.1 kiwi +1+1 1.5\n{\n}\n\n");
+            log.each_line_out(2, t, ["AT Clark +0.1 kiwi +1+1 1.5"]);
+        };
+        let (errors, held) = full(LogLines::Errors);
+        valid_traffic(&errors);
+        assert_eq!(held.0.lock().dropped, 0);
+        let (none, held) = full(LogLines::None);
+        valid_traffic(&none);
+        none.invalid_in(1, t, b"iamat kiwi");
+        none.invalid_out(1, t, b"? iamat kiwi\n");
+        none.note_as(NoteKind::Connection, Some(1), NeverFormatted);
+        assert_eq!(held.0.lock().dropped, 0);
+        // What a level keeps reaches the buffer (and is dropped, it being full).
+        let (all, held) = full(LogLines::All);
+        valid_traffic(&all);
+        assert_eq!(held.0.lock().dropped, 4);
+    }
+
     #[test]
     fn lines_of_one_instant_keep_their_own_connection_and_mark() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let (log, writer) = open_in(dir.path());
         let t1 = UNIX_EPOCH + Duration::new(1_700_000_000, 1_000);
         let t2 = t1 + Duration::from_micros(1);
         log.line_in(1, t1, b"a");
@@ -706,7 +956,7 @@ mod tests {
     fn an_idle_log_thread_sleeps_until_a_line_comes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Clark.log");
-        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let (log, writer) = open_in(dir.path());
         log.note(None, "first");
         wait_for_file(&path, "first");
         // Its next turn finds nothing; from then on it sleeps (polling, it would take ~50
@@ -726,7 +976,7 @@ mod tests {
     #[test]
     fn a_dropped_writer_writes_out_what_was_logged_and_ends_its_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = ServerLog::open(dir.path(), "Clark").unwrap();
+        let (log, writer) = open_in(dir.path());
         let shared = Arc::clone(&writer.shared);
         log.note(None, "last words");
         drop(writer);
@@ -767,7 +1017,7 @@ mod tests {
         // No thread: the buffer fills as it would while the disk is stuck, then the
         // writer's loop runs once, as it does on close.
         let shared = Arc::new(Shared::default());
-        let log = ServerLog::with(Some(Arc::clone(&shared)));
+        let log = ServerLog::with(Some(Arc::clone(&shared)), LogLines::All);
         log.line_in(1, SystemTime::now(), b"kept");
         shared.lock().text.resize(LOG_BUFFER_BYTES, b'.');
         for _ in 0..5 {
