@@ -40,7 +40,6 @@ use std::task::{Poll, Waker, ready};
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use log::{debug, warn};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -51,7 +50,7 @@ use crate::line::{Line, LineSplitter};
 use crate::metrics::Metrics;
 use crate::places_json::{self, UNKNOWN_ERROR};
 use crate::protocol::{self, Command, Nanos, Record};
-use crate::server_log::ServerLog;
+use crate::server_log::{NoteKind, ServerLog};
 use crate::socket_out::{SocketOut, WriteLoop};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls;
@@ -301,18 +300,24 @@ impl ClientSession {
     /// Takes one line: reserves its answer slot (unless it is a neighbor's record, which
     /// gets no answer) and starts working out its answer. `received` is when the line's
     /// bytes were read.
+    ///
+    /// Every line is logged as it comes ([`ServerLog::line_in`], at `[log] lines = "all"`);
+    /// one found invalid is logged again as such ([`ServerLog::invalid_in`], which writes
+    /// it at `"errors"` only), once that is known.
     fn take_line(&mut self, line: Line<'_>, received: SystemTime, ctx: &mut Context<Self>) {
         let bytes = match line {
             Line::Complete(bytes) => bytes,
             // A neighbor's record cut short by a dropped link must not be taken for a record.
             Line::Unterminated(bytes) if self.peer.is_some() => {
-                return self.settings.log.line_in(self.conn, received, bytes);
+                let log = &self.settings.log;
+                log.line_in(self.conn, received, bytes);
+                return log.invalid_in(self.conn, received, bytes);
             }
             Line::Unterminated(bytes) => bytes,
             Line::TooLong(prefix) => {
                 self.settings.log.line_in(self.conn, received, prefix);
                 let slot = self.answers.reserve();
-                return self.fill(slot, self.invalid(prefix));
+                return self.refuse(slot, prefix, received);
             }
         };
         self.settings.log.line_in(self.conn, received, bytes);
@@ -344,30 +349,31 @@ impl ClientSession {
                              not name {neighbor}"
                         );
                         warn!(target: LOG_TARGET, "{}: conn {}: {note}", self.settings.server, self.conn);
-                        self.settings.log.note(Some(self.conn), note);
+                        let log = &self.settings.log;
+                        log.invalid_in(self.conn, received, bytes);
+                        log.note_as(NoteKind::Failure, Some(self.conn), note);
                         self.fill(slot, self.invalid(bytes));
                     }
-                    None => self.fill(slot, self.invalid(bytes)),
+                    None => self.refuse(slot, bytes, received),
                 }
             }
             // A link carries records one way: a client's command on it is invalid (and an
             // IAMAT's record, marked as the neighbor's, would never be sent back to it).
             Command::Iamat(_) | Command::Whatsat(_) if self.peer.is_some() => {
-                self.fill(slot, self.invalid(bytes));
+                self.refuse(slot, bytes, received);
             }
             Command::Iamat(iamat) => {
                 self.settings.metrics.lines.iamat.inc();
-                let received = Nanos::from(received);
+                let now = Nanos::from(received);
                 // Stamped too far ahead of this server's clock: it would pin the client.
-                let ahead =
-                    |skew: Duration| iamat.time.nanos.0 > received.0 + skew.as_nanos() as i128;
+                let ahead = |skew: Duration| iamat.time.nanos.0 > now.0 + skew.as_nanos() as i128;
                 if self.settings.max_clock_skew.is_some_and(ahead) {
-                    return self.fill(slot, self.invalid(bytes));
+                    return self.refuse(slot, bytes, received);
                 }
-                let record = Record::from_iamat(&self.settings.server, &iamat, received);
+                let record = Record::from_iamat(&self.settings.server, &iamat, now);
                 // Its AT line must fit in a line, or no neighbor could take it.
                 if record.line().len() > self.settings.max_line_bytes {
-                    return self.fill(slot, self.invalid(bytes));
+                    return self.refuse(slot, bytes, received);
                 }
                 self.hold_for_store(slot, record.clone(), Answer::At(record));
             }
@@ -380,14 +386,16 @@ impl ClientSession {
                 let lookup = self.services.lookup.send(Lookup(whatsat.client.into()));
                 let places = self.services.places.clone();
                 let (radius, bound) = (whatsat.radius, whatsat.bound);
+                // About a client the server has not heard of: invalid, as only the store
+                // can tell.
                 let unknown = protocol::invalid_answer(bytes);
                 self.whatsats_in_flight += 1;
                 let answer = async move {
                     let Ok(Some(record)) = lookup.await else {
-                        return unknown;
+                        return Err(unknown);
                     };
                     let Some(position) = record.position() else {
-                        return unknown;
+                        return Err(unknown);
                     };
                     let search = NearbySearch {
                         position,
@@ -402,21 +410,36 @@ impl ClientSession {
                             "the server's places proxy is not running",
                         ),
                     };
-                    protocol::whatsat_answer(&record, &json)
+                    Ok(protocol::whatsat_answer(&record, &json))
                 };
-                let answer = async move { Bytes::from(answer.await) };
                 ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
                     act.whatsats_in_flight -= 1;
-                    act.fill(slot, Answer::Text(answer));
+                    let answer = match answer {
+                        Ok(answer) => Answer::Text(answer.into()),
+                        Err(unknown) => {
+                            let line = invalid_line(&unknown).as_bytes();
+                            act.settings.log.invalid_in(act.conn, received, line);
+                            Answer::Invalid(unknown.into())
+                        }
+                    };
+                    act.fill(slot, answer);
                     act.flush(ctx);
                 }));
             }
             // A second hello, a hello from a stranger or after other lines, or a record on a
             // connection that did not say hello: invalid, and nothing changes.
             Command::Hello(_) | Command::At(_) | Command::Invalid => {
-                self.fill(slot, self.invalid(bytes));
+                self.refuse(slot, bytes, received);
             }
         }
+    }
+
+    /// Answers line `slot`, `line` as received at `received`, as invalid; the log (at
+    /// `errors`) gets the line now that it is known to be invalid.
+    fn refuse(&mut self, slot: u64, line: &[u8], received: SystemTime) {
+        self.settings.log.invalid_in(self.conn, received, line);
+        let answer = self.invalid(line);
+        self.fill(slot, answer);
     }
 
     /// Keeps line `slot`'s answer until its record, offered with the others of this read,
@@ -559,6 +582,10 @@ impl ClientSession {
                     log.lines_out(conn, now, &text);
                     out.extend_from_slice(&text);
                 }
+                Answer::Invalid(text) => {
+                    log.invalid_out(conn, now, &text);
+                    out.extend_from_slice(&text);
+                }
             }
         });
         self.wake_reader();
@@ -590,9 +617,11 @@ impl Actor for ClientSession {
         self.settings.metrics.connections_open.inc();
         let peer = self.from.map(|a| a.to_string());
         let peer = peer.as_deref().unwrap_or("an unknown address");
-        self.settings
-            .log
-            .note(Some(self.conn), format!("opened from {peer}"));
+        self.settings.log.note_as(
+            NoteKind::Connection,
+            Some(self.conn),
+            format_args!("opened from {peer}"),
+        );
         debug!(target: LOG_TARGET, "conn {}: opened from {peer}", self.conn);
     }
 
@@ -603,7 +632,8 @@ impl Actor for ClientSession {
             let note = format!("link from {neighbor} closed");
             self.settings.log.note(Some(self.conn), note);
         }
-        self.settings.log.note(Some(self.conn), "closed");
+        let log = &self.settings.log;
+        log.note_as(NoteKind::Connection, Some(self.conn), "closed");
         debug!(target: LOG_TARGET, "conn {}: closed", self.conn);
     }
 }
@@ -643,8 +673,14 @@ impl ClientSession {
     /// The answer to an invalid line, counted.
     fn invalid(&self, line: &[u8]) -> Answer {
         self.settings.metrics.lines.invalid.inc();
-        Answer::Text(protocol::invalid_answer(line).into())
+        Answer::Invalid(protocol::invalid_answer(line).into())
     }
+}
+
+/// The line an invalid line's answer (`? <line>\n`) repeats.
+fn invalid_line(answer: &str) -> &str {
+    let line = answer.strip_prefix("? ").unwrap_or(answer);
+    line.strip_suffix('\n').unwrap_or(line)
 }
 
 /// The socket's reading side, polled inside the session's own context: lines reach the

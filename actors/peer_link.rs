@@ -41,7 +41,7 @@ use crate::backoff::Backoff;
 use crate::line::LineSplitter;
 use crate::metrics::{LinkMetrics, Metrics};
 use crate::protocol::Record;
-use crate::server_log::ServerLog;
+use crate::server_log::{NoteKind, ServerLog};
 use crate::socket_out::{Flushed, SocketOut, WriteLoop};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls::{self, CurrentTls};
@@ -356,7 +356,8 @@ impl PeerLink {
             if let Some(waiting) = c.waiting_log {
                 ctx.cancel_future(waiting);
             }
-            self.log.note(
+            self.log.note_as(
+                NoteKind::Failure,
                 Some(c.conn),
                 format!("link to {} at {} dropped: {why}", self.neighbor, self.addr),
             );
@@ -489,7 +490,13 @@ async fn watch_neighbor(
     let mut buffer = [0u8; 512];
     let mut lines = LineSplitter::new(NEIGHBOR_LINE_BYTES);
     let mut disagreed = false;
-    let log_line = |line: &[u8]| log.line_in(conn, SystemTime::now(), line);
+    // A link carries records one way: whatever the neighbor says on it is a refusal, which
+    // the log keeps at `errors` too.
+    let log_line = |line: &[u8]| {
+        let now = SystemTime::now();
+        log.line_in(conn, now, line);
+        log.invalid_in(conn, now, line);
+    };
     let (why, refused) = loop {
         match half.read(&mut buffer).await {
             Ok(0) => {
@@ -510,7 +517,7 @@ async fn watch_neighbor(
                              on (further answers on this connection are in the log only)"
                         );
                         warn!(target: LOG_TARGET, "{me}: {note}");
-                        log.note(Some(conn), note);
+                        log.note_as(NoteKind::Failure, Some(conn), note);
                     }
                 });
                 if refused {
@@ -695,6 +702,45 @@ mod tests {
         assert_eq!(out.len(), count + 1, "hello and every record, once each");
         assert_eq!(out[0], "PEER Clark");
         assert_eq!(out[1..], snapshot[..]);
+    }
+
+    #[actix_rt::test]
+    async fn at_errors_the_log_keeps_the_links_events_and_refusals_not_its_records() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let snapshot = "AT Clark +0.000000000 old +1+1 1";
+        let (log, held) = ServerLog::held_at(crate::server_log::LogLines::Errors);
+        let (link, _) = link_logging_to(addr, &[snapshot], log).await;
+        let mut bona = accept(&listener).await;
+        assert_eq!(read_line(&mut bona).await, "PEER Clark\n");
+        assert_eq!(read_line(&mut bona).await, format!("{snapshot}\n"));
+        link.send(stored("new", 3, None)).await.unwrap();
+        read_line(&mut bona).await;
+        // Bona refuses the record, then closes: the link dials again.
+        let refusal = "? AT Clark +0.000000000 new +1+1 3";
+        let mut bona = bona.into_inner();
+        tokio::io::AsyncWriteExt::write_all(&mut bona, format!("{refusal}\n").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(bona);
+        let mut again = accept(&listener).await;
+        assert_eq!(read_line(&mut again).await, "PEER Clark\n");
+        let text = held.take();
+        let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("conn 1 - link to Bona at {addr} opened"),
+                format!("conn 1 < {refusal}"),
+                format!(
+                    "conn 1 - Bona refused a record, answering {refusal:?}; the link goes on \
+                     (further answers on this connection are in the log only)"
+                ),
+                format!("conn 1 - link to Bona at {addr} dropped: the neighbor closed the link"),
+                format!("conn 2 - link to Bona at {addr} re-established"),
+            ]
+        );
     }
 
     #[actix_rt::test]

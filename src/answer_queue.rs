@@ -21,8 +21,10 @@ pub enum Answer {
     Silent,
     /// An IAMAT's: the AT line of its record, written from the record itself.
     At(Record),
-    /// Any other: an invalid line's, a WHATSAT's.
+    /// A WHATSAT's.
     Text(Bytes),
+    /// An invalid line's, `? ` and the line: the log keeps it at `errors` too.
+    Invalid(Bytes),
 }
 
 impl Answer {
@@ -31,7 +33,7 @@ impl Answer {
         match self {
             Answer::Silent => 0,
             Answer::At(record) => record.line().len() + 1,
-            Answer::Text(text) => text.len(),
+            Answer::Text(text) | Answer::Invalid(text) => text.len(),
         }
     }
 

@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use crate::config::{Fsync, StoreConfig};
 use crate::protocol::{Command, Record};
 use crate::record_table::RecordTable;
-use crate::server_log::ServerLog;
+use crate::server_log::{NoteKind, ServerLog};
 
 /// The log target of what happens to the store file.
 pub const LOG_TARGET: &str = "herd::store_file";
@@ -250,7 +250,7 @@ impl StoreFile {
                         self.path.display()
                     );
                     error!(target: LOG_TARGET, "{}: {note}", self.name);
-                    self.log.note(None, note);
+                    self.log.note_as(NoteKind::Failure, None, note);
                     self.failing = Some(e.to_string());
                 }
                 return None;
@@ -346,7 +346,7 @@ impl StoreFile {
                     self.path.display()
                 );
                 error!(target: LOG_TARGET, "{}: {note}", self.name);
-                self.log.note(None, note);
+                self.log.note_as(NoteKind::Failure, None, note);
             }
         }
     }
@@ -514,7 +514,7 @@ fn sync_every_second(
                     failing = true;
                     let note = format!("syncing the store file failed: {e}");
                     error!(target: LOG_TARGET, "{note}");
-                    log.note(None, note);
+                    log.note_as(NoteKind::Failure, None, note);
                 }
                 Err(_) => {}
             }
