@@ -108,6 +108,10 @@ fn a_bad_config_is_refused_with_a_message_naming_the_problem() {
             "unknown server \"Nobody\"",
         ),
         ("links = [[\"Clark\", \"Clark\"]]\n", "to itself"),
+        (
+            "[log]\nlines = \"verbose\"\n",
+            "log.lines = \"verbose\" is not a level: use \"all\", \"errors\" or \"none\"",
+        ),
     ];
     for (links, message) in cases {
         let config = format!(
