@@ -35,7 +35,7 @@ use crate::config::{ConfigError, HerdConfig};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Command};
 use crate::record_table::RecordTable;
-use crate::server_log::{LogWriter, ServerLog};
+use crate::server_log::{LogWriter, NoteKind, ServerLog};
 use crate::store_file::{StoreFile, StoreFileError};
 use crate::stream::Stream;
 use crate::tls::{self, CurrentTls, HerdTls, TlsError};
@@ -389,13 +389,13 @@ impl Node {
                     .note(None, "TLS files read again: new connections use them");
                 if let Some(warning) = warning {
                     warn!(target: LOG_TARGET, "{}: {warning}", self.name);
-                    self.log.note(None, warning);
+                    self.log.note_as(NoteKind::Failure, None, warning);
                 }
             }
             Err(e) => {
                 let note = format!("TLS files not read again, those in force kept: {e}");
                 warn!(target: LOG_TARGET, "{}: {note}", self.name);
-                self.log.note(None, note);
+                self.log.note_as(NoteKind::Failure, None, note);
             }
         }
     }
@@ -495,7 +495,7 @@ fn open_store_file(
             loaded.torn_bytes
         );
         warn!(target: LOG_TARGET, "{name}: {note}");
-        log.note(None, note);
+        log.note_as(NoteKind::Failure, None, note);
     }
     log.note(
         None,
@@ -567,7 +567,7 @@ impl Accept {
                             ACCEPT_ERROR_PAUSE.as_millis()
                         );
                         warn!(target: LOG_TARGET, "{}: {note}", settings.server);
-                        settings.log.note(None, note);
+                        settings.log.note_as(NoteKind::Failure, None, note);
                     }
                     failed += 1;
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -756,7 +756,7 @@ async fn refuse_plain_text(
 /// Says a connection refused before it had a session, in the log and on standard error.
 fn say_refused(settings: &SessionSettings, note: &str) {
     warn!(target: LOG_TARGET, "{}: {note}", settings.server);
-    settings.log.note(None, note);
+    settings.log.note_as(NoteKind::Failure, None, note);
 }
 
 /// Warns of the server's certificate when it is near its end: at start, and once a day.
@@ -764,7 +764,7 @@ async fn watch_expiry(tls: CurrentTls, log: ServerLog, name: String) {
     loop {
         if let Some(warning) = tls.get().expiry_warning(SystemTime::now()) {
             warn!(target: LOG_TARGET, "{name}: {warning}");
-            log.note(None, warning);
+            log.note_as(NoteKind::Failure, None, warning);
         }
         tokio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
     }
