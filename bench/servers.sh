@@ -96,3 +96,15 @@ stop() {
 field() {
     sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" | head -n 1
 }
+
+# bench ARGS...: one herd-bench command ($BENCH) on the load CPU (LOAD_CPU, from pin_cpus),
+# bounded in time ($LIMIT seconds). A failed one is reported and the script goes on.
+bench() {
+    local status=0
+    # --foreground: in the script's process group, so that Ctrl-C reaches the benchmark.
+    timeout --foreground "$LIMIT" "${LOAD_CPU[@]}" "$BENCH" "$@" || status=$?
+    if [[ $status != 0 ]]; then
+        echo "  herd-bench $1 failed (exit $status)" >&2
+    fi
+    return 0
+}

@@ -73,18 +73,6 @@ if ! command -v python3 >/dev/null; then
     exit 1
 fi
 
-# bench ARGS...: one benchmark command on the load CPU, bounded in time; its standard
-# output, or nothing if it failed (which is reported).
-bench() {
-    local status=0
-    # --foreground: in the script's process group, so that Ctrl-C reaches the benchmark.
-    timeout --foreground "$LIMIT" "${LOAD_CPU[@]}" "$BENCH" "$@" || status=$?
-    if [[ $status != 0 ]]; then
-        echo "  herd-bench $1 failed (exit $status)" >&2
-    fi
-    return 0
-}
-
 # chain_config MODE: the herd.toml of the plain or the tls chain, on standard output.
 chain_config() {
     local mode=$1 name addr peer
