@@ -51,7 +51,7 @@ use crate::metrics::Metrics;
 use crate::places_json::{self, UNKNOWN_ERROR};
 use crate::protocol::{self, Command, Nanos, Record};
 use crate::server_log::{NoteKind, ServerLog};
-use crate::socket_out::{SocketOut, WriteLoop};
+use crate::socket_out::{Flushed, SocketOut, Waiting, WriteLoop};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls;
 use prometheus_client::metrics::gauge::Gauge;
@@ -226,6 +226,8 @@ pub struct ClientSession {
     out: SocketOut<WriteHalf>,
     /// The answers owed, in line order (a line's number is its place in it).
     answers: AnswerQueue,
+    /// Whether a [`WriteLoop`] waits for the socket to take more.
+    writing: bool,
     /// WHATSATs whose answers are being worked out.
     whatsats_in_flight: usize,
     /// This connection's place under the cap on clients, while it is a client's.
@@ -266,11 +268,6 @@ impl ClientSession {
         let certificate = stream.peer_certificate();
         let (read_half, write_half) = stream.into_split();
         ClientSession::create(move |ctx| {
-            ctx.spawn(WriteLoop::new(|act: &mut ClientSession, ctx, waker| {
-                if act.out.woken(waker) {
-                    act.flush(ctx);
-                }
-            }));
             let reader = ctx.spawn(ReadLoop {
                 half: read_half,
                 splitter: LineSplitter::new(settings.max_line_bytes),
@@ -283,6 +280,7 @@ impl ClientSession {
                 services,
                 out: SocketOut::new(write_half),
                 answers: AnswerQueue::default(),
+                writing: false,
                 whatsats_in_flight: 0,
                 slot,
                 from,
@@ -594,9 +592,27 @@ impl ClientSession {
     /// Hands the answers due to the socket, as much as it takes now; closes the session when
     /// everything owed has been delivered after the client's last line.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if let Err(e) = self.out.flush() {
-            debug!(target: LOG_TARGET, "conn {}: write failed: {e}", self.conn);
-            return ctx.stop();
+        match self.out.flush() {
+            Ok(Flushed::All) => {}
+            Ok(Flushed::Blocked) => {
+                // The socket is full: a loop flushes again as it takes more.
+                if !std::mem::replace(&mut self.writing, true) {
+                    ctx.spawn(WriteLoop::new(|act: &mut ClientSession, ctx, waker| {
+                        act.out.woken(waker);
+                        act.flush(ctx);
+                        if act.out.is_blocked() {
+                            Waiting::Yes
+                        } else {
+                            act.writing = false;
+                            Waiting::No
+                        }
+                    }));
+                }
+            }
+            Err(e) => {
+                debug!(target: LOG_TARGET, "conn {}: write failed: {e}", self.conn);
+                return ctx.stop();
+            }
         }
         self.wake_reader();
         if self.read_closed && self.out.is_empty() && self.answers.is_empty() {

@@ -42,7 +42,7 @@ use crate::line::LineSplitter;
 use crate::metrics::{LinkMetrics, Metrics};
 use crate::protocol::Record;
 use crate::server_log::{NoteKind, ServerLog};
-use crate::socket_out::{Flushed, SocketOut, WriteLoop};
+use crate::socket_out::{Flushed, SocketOut, Waiting, WriteLoop};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls::{self, CurrentTls};
 
@@ -115,10 +115,11 @@ struct Connection {
     out: SocketOut<WriteHalf>,
     /// Snapshot records not yet moved into `out`.
     backlog: std::vec::IntoIter<Arc<str>>,
-    /// The loop that flushes again once a full socket can take more. It is cancelled
-    /// with the connection, and the socket with it: otherwise a neighbor that stopped
-    /// reading would keep a dropped connection (and its full socket buffer) open forever.
-    writing: SpawnHandle,
+    /// The loop that flushes again as a full socket takes more, while it is full. It is
+    /// cancelled with the connection, and the socket with it: otherwise a neighbor that
+    /// stopped reading would keep a dropped connection (and its full socket buffer) open
+    /// forever.
+    writing: Option<SpawnHandle>,
     /// The timer after which the snapshot looks again whether the log has caught up.
     waiting_log: Option<SpawnHandle>,
     /// The task that watches the neighbor's side for end-of-file.
@@ -266,16 +267,11 @@ impl PeerLink {
             .lines_out(conn, SystemTime::now(), hello.as_bytes());
         let mut out = SocketOut::new(write_half);
         out.buffer().extend_from_slice(hello.as_bytes());
-        let writing = ctx.spawn(WriteLoop::new(|act: &mut PeerLink, ctx, waker| {
-            if act.connection.as_mut().is_some_and(|c| c.out.woken(waker)) {
-                act.flush(ctx);
-            }
-        }));
         self.connection = Some(Connection {
             conn,
             out,
             backlog: Vec::new().into_iter(),
-            writing,
+            writing: None,
             waiting_log: None,
             reader,
         });
@@ -342,7 +338,27 @@ impl PeerLink {
             match flushed {
                 // Taken: refill from the snapshot, if any is left.
                 Ok(Flushed::All) => {}
-                Ok(Flushed::Blocked) => return,
+                Ok(Flushed::Blocked) => {
+                    if c.writing.is_none() {
+                        let writing = WriteLoop::new(|act: &mut PeerLink, ctx, waker| {
+                            let Some(c) = act.connection.as_mut() else {
+                                return Waiting::No;
+                            };
+                            c.out.woken(waker);
+                            act.flush(ctx);
+                            match act.connection.as_mut() {
+                                Some(c) if c.out.is_blocked() => Waiting::Yes,
+                                Some(c) => {
+                                    c.writing = None;
+                                    Waiting::No
+                                }
+                                None => Waiting::No,
+                            }
+                        });
+                        c.writing = Some(ctx.spawn(writing));
+                    }
+                    return;
+                }
                 Err(e) => return self.down(&format!("write failed: {e}"), ctx),
             }
         }
@@ -352,7 +368,9 @@ impl PeerLink {
     fn down(&mut self, why: &str, ctx: &mut Context<Self>) {
         if let Some(c) = self.connection.take() {
             c.reader.abort();
-            ctx.cancel_future(c.writing);
+            if let Some(writing) = c.writing {
+                ctx.cancel_future(writing);
+            }
             if let Some(waiting) = c.waiting_log {
                 ctx.cancel_future(waiting);
             }

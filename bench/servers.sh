@@ -42,15 +42,19 @@ start() {
 
 # herd_config LOG_DIR LINKS NAME=ADDR...: a herd.toml on standard output, its servers at
 # these addresses, linked as LINKS says (a TOML array of name pairs; empty for none), with a
-# places URL that answers nothing (these runs need no WHATSAT).
+# places URL that answers nothing (these runs need no WHATSAT), and store files beside the
+# logs. STORE=0 leaves the [store] section out, for a build that has none (run a newer one
+# with HERD_STORE__DIR= set, for its store to be off too).
 herd_config() {
     local logs=$1 links=$2 node
     shift 2
     if [[ -n $links ]]; then
         printf 'links = %s\n\n' "$links"
     fi
-    printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n\n[store]\ndir = "%s"\n' \
-        "$logs" "$(dirname "$logs")/data"
+    printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n' "$logs"
+    if [[ ${STORE:-1} != 0 ]]; then
+        printf '\n[store]\ndir = "%s"\n' "$(dirname "$logs")/data"
+    fi
     for node in "$@"; do
         printf '\n[[nodes]]\nname = "%s"\naddr = "%s"\n' "${node%%=*}" "${node#*=}"
     done

@@ -2,9 +2,10 @@
 //! due to the other end, handed to the socket as fast as it takes them.
 //!
 //! An actor appends to [`SocketOut::buffer`] and calls [`SocketOut::flush`], which writes
-//! what the socket takes at once. When it takes no more, the rest waits, and the socket
-//! wakes the actor's task once it can take more; a [`WriteLoop`] spawned in the actor's
-//! context then has the actor flush again. So a write costs no message and no task switch,
+//! what the socket takes at once. When it takes no more, the rest waits: the actor spawns a
+//! [`WriteLoop`] in its context, the socket wakes the actor's task once it can take more,
+//! and the loop has the actor flush again, until the socket has taken everything. So a
+//! write costs no message and no task switch, and a socket that keeps up costs no loop,
 //! and a flush that returns has handed the socket everything it would take: the kernel's
 //! buffer holds it, or (when the socket is full) it waits here, first in line.
 //!
@@ -108,27 +109,40 @@ impl<W: AsyncWrite + Unpin> SocketOut<W> {
         Ok(Flushed::All)
     }
 
-    /// Remembers the owner's task (from its write loop), and says whether a flush is due:
-    /// the socket had been full, and the task was woken, perhaps because it can take more.
-    pub fn woken(&mut self, waker: &Waker) -> bool {
+    /// Remembers the owner's task (from its write loop), to be woken when the socket can
+    /// take more.
+    pub fn woken(&mut self, waker: &Waker) {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             self.waker = Some(waker.clone());
         }
+    }
+
+    /// Whether the socket was full at the last flush: the rest waits for it.
+    pub fn is_blocked(&self) -> bool {
         self.blocked
     }
 }
 
-/// Polled in its owner's context each time the owner's task wakes: hands the owner's
-/// [`SocketOut`] the task's waker, and has the owner flush when the socket may take more.
-/// `wake` is the owner's own step for that (it knows which output, and what a failed
-/// write means for it).
+/// Spawned in its owner's context while the owner's socket is full, and polled each time
+/// the owner's task wakes: `wake`, the owner's own step (it knows which output, and what a
+/// failed write means for it), hands the output the task's waker and flushes; the loop ends
+/// when `wake` says the socket has taken everything.
 pub struct WriteLoop<A: Actor> {
-    wake: fn(&mut A, &mut A::Context, &Waker),
+    wake: fn(&mut A, &mut A::Context, &Waker) -> Waiting,
+}
+
+/// Whether a [`WriteLoop`] goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The socket is still full.
+    Yes,
+    /// It took everything (or the connection is gone): the loop ends.
+    No,
 }
 
 impl<A: Actor> WriteLoop<A> {
     /// A write loop that calls `wake` with the owner and its task's waker.
-    pub fn new(wake: fn(&mut A, &mut A::Context, &Waker)) -> Self {
+    pub fn new(wake: fn(&mut A, &mut A::Context, &Waker) -> Waiting) -> Self {
         WriteLoop { wake }
     }
 }
@@ -142,8 +156,10 @@ impl<A: Actor> ActorFuture<A> for WriteLoop<A> {
         ctx: &mut A::Context,
         task: &mut Context<'_>,
     ) -> Poll<()> {
-        (self.wake)(act, ctx, task.waker());
-        Poll::Pending
+        match (self.wake)(act, ctx, task.waker()) {
+            Waiting::Yes => Poll::Pending,
+            Waiting::No => Poll::Ready(()),
+        }
     }
 }
 
@@ -153,18 +169,30 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// An actor that owns one output.
+    /// An actor that owns one output, and waits for its socket as sessions and links do.
     struct Writer {
         out: SocketOut<tokio::net::tcp::OwnedWriteHalf>,
+        waiting: bool,
     }
     impl Actor for Writer {
         type Context = actix::Context<Self>;
-        fn started(&mut self, ctx: &mut Self::Context) {
-            ctx.spawn(WriteLoop::new(|act: &mut Writer, _, waker| {
-                if act.out.woken(waker) {
-                    act.out.flush().unwrap();
-                }
-            }));
+    }
+    impl Writer {
+        fn flush(&mut self, ctx: &mut actix::Context<Self>) -> Flushed {
+            let flushed = self.out.flush().unwrap();
+            if flushed == Flushed::Blocked && !std::mem::replace(&mut self.waiting, true) {
+                ctx.spawn(WriteLoop::new(|act: &mut Writer, ctx, waker| {
+                    act.out.woken(waker);
+                    match act.flush(ctx) {
+                        Flushed::Blocked => Waiting::Yes,
+                        Flushed::All => {
+                            act.waiting = false;
+                            Waiting::No
+                        }
+                    }
+                }));
+            }
+            flushed
         }
     }
     #[derive(Message)]
@@ -172,9 +200,9 @@ mod tests {
     struct Send(Vec<u8>);
     impl Handler<Send> for Writer {
         type Result = MessageResult<Send>;
-        fn handle(&mut self, Send(bytes): Send, _: &mut Self::Context) -> Self::Result {
+        fn handle(&mut self, Send(bytes): Send, ctx: &mut Self::Context) -> Self::Result {
             self.out.buffer().extend_from_slice(&bytes);
-            let flushed = self.out.flush().unwrap();
+            let flushed = self.flush(ctx);
             MessageResult((flushed, self.out.len()))
         }
     }
@@ -192,11 +220,11 @@ mod tests {
         let (_, half) = writer.into_split();
         let writer = Writer {
             out: SocketOut::new(half),
+            waiting: false,
         }
         .start();
-        // Let the write loop run once, then send: the bytes are in the socket when the
-        // answer comes, readable without waiting for anything else to run.
-        tokio::task::yield_now().await;
+        // The bytes are in the socket when the answer comes, readable without waiting for
+        // anything else to run.
         let (flushed, left) = writer.send(Send(b"hello\n".to_vec())).await.unwrap();
         assert_eq!((flushed, left), (Flushed::All, 0));
         let mut reader = reader.into_std().unwrap();
@@ -212,9 +240,9 @@ mod tests {
         let (_, half) = writer.into_split();
         let writer = Writer {
             out: SocketOut::new(half),
+            waiting: false,
         }
         .start();
-        tokio::task::yield_now().await;
         // Far more than the sockets' buffers: the socket fills and the rest waits.
         let big = vec![b'x'; 32 << 20];
         let (flushed, left) = writer.send(Send(big)).await.unwrap();
