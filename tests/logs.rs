@@ -12,6 +12,16 @@ const NO_PLACES: &str = "http://127.0.0.1:9/nowhere";
 /// A valid IAMAT, its time a fixed one in the past (within any clock skew bound).
 const IAMAT: &str = "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503";
 
+/// The log of the client's invalid lines, their answers and its leaving, as every level
+/// but `none` keeps them.
+const INVALID_LINES_AND_CLOSE: [&str; 5] = [
+    "< bogus line",
+    "> ? bogus line",
+    "< WHATSAT nobody.example.org 10 5",
+    "> ? WHATSAT nobody.example.org 10 5",
+    "- closed",
+];
+
 /// What one client did, and what the server's log says once it stopped.
 struct Logged {
     /// The log's lines, without their stamps.
@@ -83,18 +93,7 @@ async fn all_keeps_every_line_in_and_out_and_every_connection() {
         "{}",
         log.text
     );
-    assert_eq!(
-        client[3..],
-        [
-            "< bogus line",
-            "> ? bogus line",
-            "< WHATSAT nobody.example.org 10 5",
-            "> ? WHATSAT nobody.example.org 10 5",
-            "- closed",
-        ],
-        "{}",
-        log.text
-    );
+    assert_eq!(client[3..], INVALID_LINES_AND_CLOSE, "{}", log.text);
 }
 
 #[actix_rt::test]
@@ -109,18 +108,7 @@ async fn errors_keeps_invalid_lines_and_their_answers_and_connections_not_valid_
         "{}",
         log.text
     );
-    assert_eq!(
-        client[1..],
-        [
-            "< bogus line",
-            "> ? bogus line",
-            "< WHATSAT nobody.example.org 10 5",
-            "> ? WHATSAT nobody.example.org 10 5",
-            "- closed",
-        ],
-        "{}",
-        log.text
-    );
+    assert_eq!(client[1..], INVALID_LINES_AND_CLOSE, "{}", log.text);
 }
 
 #[actix_rt::test]
