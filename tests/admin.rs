@@ -75,6 +75,18 @@ async fn metrics_health_status_and_the_herd_are_served() {
     ] {
         assert!(metrics.contains(family), "no {family:?} in:\n{metrics}");
     }
+    // The counters this test drove have moved: a connection accepted, the record sent to Bona.
+    for family in [
+        "herd_connections_accepted_total ",
+        "herd_link_records_sent_total{neighbor=\"Bona\"} ",
+        "herd_link_bytes_sent_total{neighbor=\"Bona\"} ",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(family))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert!(value >= Some(1.0), "{family}{value:?} in:\n{metrics}");
+    }
 
     let (code, status) = get(clark, "/status").await;
     assert_eq!(code, 200);

@@ -472,17 +472,23 @@ fn bona_command(config: &str, dir: &Path) -> Command {
 fn a_neighbor_that_is_down_is_said_once_and_its_return_too() {
     let dir = tempfile::tempdir().unwrap();
     let config = two_node_config(dir.path());
-    let (mut clark, _, stderr) = start_reading_stderr(&config, dir.path());
-    let down = wait_for_stderr(&stderr, "link to Bona at");
+    let (mut clark, _, mut stderr) = start_reading_stderr(&config, dir.path());
+    let down = stderr.wait_for("link to Bona at");
     assert!(down.contains("WARN") && down.contains("is down"), "{down}");
     // Many dials fail meanwhile; none is said again.
     std::thread::sleep(Duration::from_millis(1500));
     let (_bona, _) = spawn_listening(&mut bona_command(&config, dir.path()));
-    let back = wait_for_stderr(&stderr, "link to Bona at");
+    let back = stderr.wait_for("link to Bona at");
     assert!(back.contains("INFO") && back.contains("is back"), "{back}");
-    let (clean, rest) = stop(&mut clark, "TERM");
+    let (clean, _) = stop(&mut clark, "TERM");
     assert!(clean);
-    assert!(!rest.contains("is down"), "{rest}");
+    let said = stderr.all();
+    let count = |text: &str| said.iter().filter(|line| line.contains(text)).count();
+    assert_eq!(
+        (count("is down ("), count("is back, after")),
+        (1, 1),
+        "{said:#?}"
+    );
 }
 
 #[test]
@@ -561,7 +567,7 @@ fn past_max_clients_connections_are_closed_and_a_restarted_neighbor_still_links(
 }
 
 /// Starts Clark of `config` at the default log level, its standard error read as it comes.
-fn start_reading_stderr(config: &str, dir: &Path) -> (Running, String, mpsc::Receiver<String>) {
+fn start_reading_stderr(config: &str, dir: &Path) -> (Running, String, StderrLines) {
     let (mut child, addr) = spawn_listening(&mut clark_command(config, dir, None));
     let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let (lines, received) = mpsc::channel();
@@ -570,19 +576,42 @@ fn start_reading_stderr(config: &str, dir: &Path) -> (Running, String, mpsc::Rec
             let _ = lines.send(line);
         }
     });
-    (child, addr, received)
+    let stderr = StderrLines {
+        received,
+        seen: Vec::new(),
+    };
+    (child, addr, stderr)
 }
 
-/// Waits for a line of `stderr` that holds `text`, and returns it.
-fn wait_for_stderr(stderr: &mpsc::Receiver<String>, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stderr.recv_timeout(left) {
-            Ok(line) if line.contains(text) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no {text:?} on standard error: {e}"),
+/// A server's standard error, read as it comes; every line read is kept, so that what was
+/// said once can be counted over the whole run.
+struct StderrLines {
+    received: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl StderrLines {
+    /// Waits for a line that holds `text`, and returns it.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.received.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no {text:?} on standard error: {e}"),
+            }
         }
+    }
+
+    /// Every line the server wrote, once it has exited (its standard error is then closed).
+    fn all(mut self) -> Vec<String> {
+        self.seen.extend(self.received.iter());
+        self.seen
     }
 }
 
@@ -631,9 +660,9 @@ fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_muc
     let log = dir.path().join("logs/Clark.log");
     std::fs::create_dir(dir.path().join("logs")).unwrap();
     std::os::unix::fs::symlink("/dev/full", &log).unwrap();
-    let (mut child, addr, stderr) = start_reading_stderr(&config, dir.path());
+    let (mut child, addr, mut stderr) = start_reading_stderr(&config, dir.path());
     let mut client = connect(&addr);
-    let said = wait_for_stderr(&stderr, "cannot write the log");
+    let said = stderr.wait_for("cannot write the log");
     assert!(said.contains("No space left on device"), "{said}");
     iamat(&mut client, "served");
 
@@ -654,14 +683,12 @@ fn a_log_that_cannot_be_written_loses_lines_not_the_server_and_then_says_how_muc
         "{text}"
     );
     assert!(lines.next().unwrap().ends_with(" - log reopened"), "{text}");
-    wait_for_stderr(&stderr, "written again");
+    stderr.wait_for("written again");
     let (clean, _) = stop(&mut child, "TERM");
     assert!(clean);
-    let after: Vec<String> = stderr.try_iter().collect();
-    assert!(
-        !after.iter().any(|line| line.contains("cannot write")),
-        "said more than once: {after:?}"
-    );
+    let said = stderr.all();
+    let failures = said.iter().filter(|line| line.contains("cannot write"));
+    assert_eq!(failures.count(), 1, "said more than once: {said:#?}");
 }
 
 #[test]

@@ -385,14 +385,8 @@ async fn random_and_mutated_lines_each_get_one_answer_in_order_and_the_herd_agre
         connection.await.unwrap();
     }
 
-    // No link dropped, and every server converges on the same record for every client.
-    for server in servers {
-        let log = herd.log(server);
-        assert!(
-            !log.contains(" dropped"),
-            "a link of {server} dropped:\n{log}"
-        );
-    }
+    // Every server converges on the same record for every client: a third of the lines are
+    // valid IAMATs, so each client has one many times over.
     for i in 0..CLIENTS {
         let client = format!("fz{i}");
         eventually(
@@ -407,7 +401,7 @@ async fn random_and_mutated_lines_each_get_one_answer_in_order_and_the_herd_agre
                             .map_err(|e| e.to_string())?,
                     );
                 }
-                if known.iter().all(|k| *k == known[0]) {
+                if known[0].is_some() && known.iter().all(|k| *k == known[0]) {
                     Ok(())
                 } else {
                     Err(format!("{known:?}"))
@@ -416,5 +410,13 @@ async fn random_and_mutated_lines_each_get_one_answer_in_order_and_the_herd_agre
         )
         .await;
     }
+    // No link dropped (read once the servers stopped and their logs are whole).
     herd.stop_all().await;
+    for server in servers {
+        let log = herd.log(server);
+        assert!(
+            !log.contains(" dropped"),
+            "a link of {server} dropped:\n{log}"
+        );
+    }
 }
