@@ -40,7 +40,8 @@ pub struct LocationStore {
     subscribers: Vec<Subscribe>,
     /// Records stored this turn and not yet published, in runs of one source each.
     unpublished: Vec<(Option<Arc<str>>, Vec<Record>)>,
-    /// The answers owed for them, given once the subscribers took them.
+    /// The answers owed for them, given once the subscribers took them (and the file has
+    /// them: written, and with `always` synced).
     owed: OwedAnswers,
     /// Whether a [`GROWTH_TICK`] is scheduled.
     growth_tick_scheduled: bool,
@@ -114,7 +115,7 @@ pub struct Snapshot;
 
 /// Adds a subscriber to the records this store stores from now on, except those that came
 /// from its own neighbor: a server at the end of a chain then stores what its one link
-/// brings without publishing it to anyone, and answers at once.
+/// brings without publishing it to anyone (and, keeping no file, answers at once).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -276,12 +277,13 @@ impl Handler<Store> for LocationStore {
     }
 }
 
-/// The answer to a [`Store`]: how many records were stored, given at once when no link has
-/// to take them, or once the links took this turn's records.
+/// The answer to a [`Store`]: how many records were stored, given at once when no link or
+/// file has to take them, or once the links took this turn's records and the file has them
+/// (written, and with `always` synced).
 pub enum StoreAnswer {
     /// Now.
     Now(usize),
-    /// When the turn's records are published and taken.
+    /// When the turn's records are taken by the links and the file.
     Later {
         /// The answer.
         count: usize,

@@ -73,7 +73,9 @@ const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// How long the snapshot waits for a log that is behind before looking again.
 const LOG_WAIT: Duration = Duration::from_millis(1);
 
-/// The longest line from the neighbor logged whole (it only ever answers a refused hello).
+/// The longest line from the neighbor logged whole. It answers only what it refuses (the
+/// hello, or a record: `? ` and the line); a longer answer is logged cut to this, which
+/// still names the record.
 const NEIGHBOR_LINE_BYTES: usize = 4096;
 
 /// The outgoing link to one neighbor.
@@ -103,8 +105,8 @@ pub struct PeerLink {
     down_since: Option<Instant>,
     /// Whether this outage was said at the default log level.
     outage_said: bool,
-    /// What the server counts.
-    metrics: Arc<Metrics>,
+    /// What the server counts about this link, if it counts.
+    counts: Option<Arc<LinkMetrics>>,
 }
 
 /// One connection to the neighbor.
@@ -150,19 +152,14 @@ impl PeerLink {
             was_up: false,
             down_since: None,
             outage_said: false,
-            metrics: Arc::default(),
+            counts: None,
         }
     }
 
-    /// Counts into `metrics` (the server's), instead of numbers of its own.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> PeerLink {
-        self.metrics = metrics;
+    /// Counts into `metrics` (the server's); without it, the link counts nothing.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> PeerLink {
+        self.counts = metrics.link(&self.neighbor).cloned();
         self
-    }
-
-    /// This link's numbers.
-    fn counted(&self) -> Option<&LinkMetrics> {
-        self.metrics.link(&self.neighbor)
     }
 
     fn dial(&mut self, ctx: &mut Context<Self>) {
@@ -205,7 +202,7 @@ impl PeerLink {
             self.addr,
             delay.as_millis()
         );
-        if let Some(link) = self.counted() {
+        if let Some(link) = &self.counts {
             link.went_down(why);
         }
         // Said once per outage, and only once it has lasted: a neighbor that restarts, or
@@ -233,7 +230,7 @@ impl PeerLink {
         };
         self.was_up = true;
         self.backoff.reset();
-        if let Some(link) = self.counted() {
+        if let Some(link) = &self.counts {
             link.went_up();
         }
         if let Some(outage) = self.down_since.take()
@@ -321,7 +318,7 @@ impl PeerLink {
                         out.extend_from_slice(b"\n");
                         records += 1;
                     }
-                    if let Some(link) = self.metrics.link(&self.neighbor) {
+                    if let Some(link) = &self.counts {
                         link.records_sent.inc_by(records);
                         link.bytes_sent.inc_by((out.len() - start) as u64);
                     }
@@ -332,7 +329,7 @@ impl PeerLink {
                 return;
             }
             let flushed = c.out.flush();
-            if let Some(link) = self.metrics.link(&self.neighbor) {
+            if let Some(link) = &self.counts {
                 link.bytes_queued.set(c.out.len() as i64);
             }
             match flushed {
@@ -409,7 +406,7 @@ impl Handler<Stored> for PeerLink {
     type Result = ();
 
     fn handle(&mut self, Stored { records, from }: Stored, ctx: &mut Context<Self>) {
-        if let Some(link) = self.counted() {
+        if let Some(link) = &self.counts {
             link.backlog.dec();
         }
         // The store leaves these out already (`Subscribe::neighbor`); a link checks too,
@@ -428,28 +425,32 @@ impl Handler<Stored> for PeerLink {
             out.extend_from_slice(record.line().as_bytes());
             out.extend_from_slice(b"\n");
         }
-        if let Some(link) = self.metrics.link(&self.neighbor) {
+        if let Some(link) = &self.counts {
             link.records_sent.inc_by(records.len() as u64);
             link.bytes_sent.inc_by((out.len() - start) as u64);
         }
         let lines = records.iter().map(Record::line);
         self.log.each_line_out(c.conn, SystemTime::now(), lines);
+        // Handed to the socket before this handler returns, so before its answer reaches
+        // the store: the store answers a client only once every link answered, and so
+        // the record is in every socket that takes it before the client's AT line is
+        // (flood before reply). A full socket keeps it first in line here.
+        self.flush(ctx);
+        // What the socket would not take is bounded.
+        let Some(c) = self.connection.as_ref() else {
+            return;
+        };
         if c.out.len() > MAX_LINK_QUEUE_BYTES {
             let why = format!(
                 "{} bytes queued, over the {MAX_LINK_QUEUE_BYTES}-byte limit; \
                  the queue is dropped and everything is resent on the next connection",
                 c.out.len()
             );
-            if let Some(link) = self.metrics.link(&self.neighbor) {
+            if let Some(link) = &self.counts {
                 link.queue_drops.inc();
             }
-            return self.down(&why, ctx);
+            self.down(&why, ctx);
         }
-        // Handed to the socket before this handler returns, so before its answer reaches
-        // the store: the store answers a client only once every link answered, and so
-        // the record is in every socket that takes it before the client's AT line is
-        // (flood before reply). A full socket keeps it first in line here.
-        self.flush(ctx);
     }
 }
 

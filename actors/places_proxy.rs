@@ -61,9 +61,11 @@ impl ApiKey {
         ApiKey(key.into())
     }
 
-    /// Replaces every occurrence of the key in `text`, for error texts that may quote a URL.
+    /// Replaces every occurrence of the key in `text`, as given or as it is written into a
+    /// URL, for error texts that may quote the URL.
     fn scrub(&self, text: &str) -> String {
-        text.replace(&self.0, "***")
+        let in_url = utf8_percent_encode(&self.0, QUERY_VALUE).to_string();
+        text.replace(&self.0, "***").replace(&in_url, "***")
     }
 }
 
@@ -494,6 +496,13 @@ mod tests {
             assert!(error.contains(message), "{error} should say {message}");
             assert!(!answer.0.contains("secret-key"));
         }
+    }
+
+    #[test]
+    fn the_key_is_scrubbed_as_given_and_as_written_in_a_url() {
+        let key = ApiKey::new("se/cr+et");
+        let text = "GET /x?key=se%2Fcr%2Bet failed; key se/cr+et";
+        assert_eq!(key.scrub(text), "GET /x?key=*** failed; key ***");
     }
 
     #[actix_rt::test]

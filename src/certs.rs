@@ -714,7 +714,7 @@ fn check_kept(
             missing.join(", ")
         )));
     }
-    if let Some(not_after) = certificate_end(&certificate)
+    if let Some(not_after) = crate::tls::not_after(&certificate)
         && not_after.duration_since(now).unwrap_or_default() < tls::EXPIRY_WARNING
     {
         return Ok(Some(format!(
@@ -757,13 +757,6 @@ fn certificate_ips(certificate: &CertificateDer<'_>) -> Vec<IpAddr> {
             _ => None,
         })
         .collect()
-}
-
-/// When a certificate ends.
-fn certificate_end(certificate: &CertificateDer<'_>) -> Option<SystemTime> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 /// Whole days from `now` to `end`, none if past.

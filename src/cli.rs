@@ -1,4 +1,4 @@
-//! The `herd` command line: `run`, `up`, `check` and `certs`.
+//! The `herd` command line: `run`, `up`, `check`, `status` and `certs`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

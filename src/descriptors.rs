@@ -48,8 +48,8 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
 
 /// The descriptors server `name` needs besides its clients: its listeners and log, three
 /// per neighbor (its link out, the neighbor's link in, and a newer one replacing it), two
-/// per places call allowed at once (the call's connection and its name lookup), and its
-/// store file's.
+/// per places call allowed at once (the call's connection and its name lookup), its store
+/// file's, and its admin listener's.
 pub fn reserved(config: &HerdConfig, name: &str) -> u64 {
     let Ok(node) = config.node(name) else {
         return 0;
@@ -60,8 +60,17 @@ pub fn reserved(config: &HerdConfig, name: &str) -> u64 {
     let places = 2 * config.places.max_concurrent as u64;
     // The store file, a rewrite's new one, and its directory when the rename is synced.
     let store = if config.store.dir.is_some() { 3 } else { 0 };
-    listeners + log + links + places + store
+    // The listener, a few scrapes or pages at once, and a `/herd`'s call to each server.
+    let admin = if node.admin_addr.is_some() {
+        1 + ADMIN_CONNECTIONS + config.nodes.len() as u64
+    } else {
+        0
+    };
+    listeners + log + links + places + store + admin
 }
+
+/// Connections to the admin listener a server keeps descriptors for.
+const ADMIN_CONNECTIONS: u64 = 8;
 
 /// The cap on each server's clients when servers `names` of `config` share a process whose
 /// open-file limit is `limit`: what is left once every server's reserve is set aside,
@@ -86,11 +95,20 @@ mod tests {
     }
 
     #[test]
-    fn each_server_reserves_for_its_links_places_log_and_listener() {
+    fn each_server_reserves_for_its_links_places_log_and_listeners() {
         let herd = five();
-        // Bona has three neighbors; 16 places calls at once by default.
+        // Bona has three neighbors; 16 places calls at once by default; an admin listener
+        // (itself, its connections, and a `/herd` call to each of the five servers).
+        let admin = 1 + ADMIN_CONNECTIONS + 5;
+        assert_eq!(reserved(&herd, "Bona"), 1 + 2 + 3 * 3 + 2 * 16 + 3 + admin);
+        assert_eq!(
+            reserved(&herd, "Bailey"),
+            1 + 2 + 3 * 2 + 2 * 16 + 3 + admin
+        );
+        let mut herd = herd;
+        let bona = herd.nodes.iter_mut().find(|n| n.name == "Bona").unwrap();
+        bona.admin_addr = None;
         assert_eq!(reserved(&herd, "Bona"), 1 + 2 + 3 * 3 + 2 * 16 + 3);
-        assert_eq!(reserved(&herd, "Bailey"), 1 + 2 + 3 * 2 + 2 * 16 + 3);
     }
 
     #[test]

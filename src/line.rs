@@ -148,7 +148,8 @@ impl LineSplitter {
     }
 }
 
-fn without_cr(line: &[u8]) -> &[u8] {
+/// A line without the carriage return of a CRLF ending, as every line is taken.
+pub(crate) fn without_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 

@@ -11,8 +11,8 @@
 //! Besides counting, [`LinkMetrics`] keeps what `/status` says of each link: up or down,
 //! since when, and the last error.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -129,11 +129,21 @@ pub struct PlacesMetrics {
 }
 
 impl PlacesMetrics {
-    /// A call ended in an error answer with `status`.
+    /// A call ended in an error answer with `status`. A status the places API does not
+    /// document counts as `OTHER`: the label comes from the network, and each new one
+    /// would be a series kept forever.
     pub fn error(&self, status: &str) {
+        const DOCUMENTED: [&str; 5] = [
+            "INVALID_REQUEST",
+            "OVER_QUERY_LIMIT",
+            "REQUEST_DENIED",
+            "UNKNOWN_ERROR",
+            "NOT_FOUND",
+        ];
+        let status = DOCUMENTED.into_iter().find(|s| *s == status);
         self.errors
             .get_or_create(&Status {
-                status: status.to_owned(),
+                status: status.unwrap_or("OTHER").to_owned(),
             })
             .inc();
     }
@@ -160,7 +170,7 @@ pub struct Metrics {
     /// Records offered and not stored (not newer).
     pub records_ignored: Counter,
     /// Each link's numbers, in the config's order.
-    pub links: Vec<LinkMetrics>,
+    pub links: Vec<Arc<LinkMetrics>>,
     /// The places proxy's numbers.
     pub places: PlacesMetrics,
     /// Messages waiting in the store's mailbox.
@@ -268,7 +278,7 @@ impl Metrics {
                 let label = Neighbor {
                     neighbor: neighbor.to_owned(),
                 };
-                LinkMetrics {
+                Arc::new(LinkMetrics {
                     neighbor: neighbor.to_owned(),
                     up: up.get_or_create(&label).clone(),
                     connects: connects.get_or_create(&label).clone(),
@@ -279,7 +289,7 @@ impl Metrics {
                     backlog: actor(format!("peer_link:{neighbor}")),
                     since: AtomicU64::new(0),
                     last_error: Mutex::new(None),
-                }
+                })
             })
             .collect();
 
@@ -348,8 +358,9 @@ impl Metrics {
         }
     }
 
-    /// The numbers of link to `neighbor`.
-    pub fn link(&self, neighbor: &str) -> Option<&LinkMetrics> {
+    /// The numbers of the link to `neighbor` (looked for by name: taken once, by whoever
+    /// counts into them).
+    pub fn link(&self, neighbor: &str) -> Option<&Arc<LinkMetrics>> {
         self.links.iter().find(|l| l.neighbor == neighbor)
     }
 
@@ -421,5 +432,17 @@ mod tests {
         assert!(up && since > 0 && last.is_none());
         bona.went_down("refused");
         assert_eq!(bona.state().2.as_deref(), Some("refused"));
+    }
+
+    #[test]
+    fn a_places_status_the_api_does_not_document_counts_as_other() {
+        let metrics = Metrics::new(["Bona"], ServerLog::discard());
+        metrics.places.error("REQUEST_DENIED");
+        metrics.places.error("MADE_UP_1");
+        metrics.places.error("MADE_UP_2");
+        let text = metrics.encode();
+        assert!(text.contains("herd_places_errors_total{status=\"REQUEST_DENIED\"} 1"));
+        assert!(text.contains("herd_places_errors_total{status=\"OTHER\"} 2"));
+        assert!(!text.contains("MADE_UP"), "{text}");
     }
 }

@@ -1,10 +1,12 @@
 //! Starting one server of the herd, and stopping it cleanly.
 //!
 //! A node is its actors (one `LocationStore`, one `PlacesProxy`, a `PeerLink` per
-//! neighbor), its log file, and an accept loop per listening address (the client address,
-//! and the `peer_addr` if it has one) that starts a `ClientSession` per connection. Start-up takes an already bound
-//! listener ([`Node::start_on`]) so tests can bind port 0 and start whole herds in one
-//! process; [`Node::start`] binds the configured address first.
+//! neighbor), its log file, its store file, and an accept loop per listening address (the
+//! client address, and the `peer_addr` and `tls_addr` if it has them) that starts a
+//! `ClientSession` per connection, with the admin listener beside them if it has one.
+//! Start-up takes an already bound listener ([`Node::start_on`]) so tests can bind port 0
+//! and start whole herds in one process; [`Node::start`] binds the configured address
+//! first.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -227,6 +229,17 @@ impl Node {
         let durable = file.is_some();
         let neighbor_names: Vec<&str> = config.neighbors(name).map(|n| n.name.as_str()).collect();
         let metrics = Arc::new(Metrics::new(neighbor_names, log.clone()));
+        // The one step that may still fail, before anything runs that would outlive it.
+        let admin = match (admin_listener, node.admin_addr) {
+            (Some(listener), Some(configured)) => Some(start_admin(
+                config,
+                name,
+                (listener, configured),
+                &metrics,
+                &log,
+            )?),
+            _ => None,
+        };
         let store = LocationStore::new(records, file)
             .with_metrics(Arc::clone(&metrics))
             .start();
@@ -240,7 +253,7 @@ impl Node {
                 store.clone().recipient(),
                 log.clone(),
             )
-            .with_metrics(Arc::clone(&metrics))
+            .with_metrics(&metrics)
             .start();
             store.do_send(Subscribe {
                 subscriber: link.clone().recipient(),
@@ -309,19 +322,6 @@ impl Node {
             accept.tls = Some((tls.clone(), Port::Clients));
             accepting.push(actix_rt::spawn(accept.run(tls_listener)));
         }
-        let admin = match admin_listener {
-            Some(listener) => {
-                let configured = node.admin_addr.unwrap_or(node.addr);
-                Some(start_admin(
-                    config,
-                    name,
-                    (listener, configured),
-                    &metrics,
-                    &log,
-                )?)
-            }
-            None => None,
-        };
         let watching_expiry = tls
             .clone()
             .map(|tls| actix_rt::spawn(watch_expiry(tls, log.clone(), name.to_owned())));
@@ -631,7 +631,7 @@ impl Accept {
             });
         }
         drop(listener);
-        let sessions = std::mem::take(&mut *opening.sessions.borrow_mut());
+        let sessions = opening.sessions.borrow_mut().close();
         for session in &sessions {
             session.do_send(Drain);
         }
@@ -648,21 +648,48 @@ impl Accept {
 struct Opening {
     settings: SessionSettings,
     services: Services,
-    sessions: Rc<RefCell<Vec<Addr<ClientSession>>>>,
+    sessions: Rc<RefCell<Sessions>>,
 }
 
 impl Opening {
-    /// Starts a session on `stream`, a client's while it holds `slot`.
+    /// Starts a session on `stream`, a client's while it holds `slot`; once the listener
+    /// has stopped (a TLS handshake or a hello past the cap ending late), the connection is
+    /// closed instead, as no drain would reach its session.
     fn start(&self, stream: Stream, slot: Option<ClientSlot>) {
+        if self.sessions.borrow().closed {
+            return;
+        }
         let conn = self.settings.log.next_conn();
         let settings = self.settings.clone();
         let session = ClientSession::start(stream, conn, settings, self.services.clone(), slot);
-        let mut sessions = self.sessions.borrow_mut();
-        sessions.push(session);
-        // Forget those that ended, now and then: as many checks as sessions, all told.
-        if sessions.len().is_power_of_two() && sessions.len() >= 64 {
-            sessions.retain(Addr::connected);
+        self.sessions.borrow_mut().push(session);
+    }
+}
+
+/// The sessions a listener started and that may still run.
+#[derive(Default)]
+struct Sessions {
+    open: Vec<Addr<ClientSession>>,
+    /// How many `open` may hold before those that ended are forgotten: twice what was left
+    /// the last time, so that all told there are about as many checks as sessions.
+    prune_at: usize,
+    /// The listener stopped: no session starts any more.
+    closed: bool,
+}
+
+impl Sessions {
+    fn push(&mut self, session: Addr<ClientSession>) {
+        self.open.push(session);
+        if self.open.len() >= self.prune_at {
+            self.open.retain(Addr::connected);
+            self.prune_at = (2 * self.open.len()).max(64);
         }
+    }
+
+    /// Stops taking sessions, and returns those that may still run, to be drained.
+    fn close(&mut self) -> Vec<Addr<ClientSession>> {
+        self.closed = true;
+        std::mem::take(&mut self.open)
     }
 }
 
@@ -737,7 +764,7 @@ async fn refuse_plain_text(
         }
     };
     let _ = tokio::time::timeout(HELLO_WAIT, read).await;
-    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+    let line = crate::line::without_cr(&line);
     let answer = protocol::invalid_answer(line);
     let _ = tokio::time::timeout(HELLO_WAIT, stream.write_all(answer.as_bytes())).await;
     let port = match port {
@@ -788,7 +815,7 @@ async fn peek_hello(stream: &TcpStream, neighbors: &[Arc<str>]) -> bool {
             return false;
         };
         if let Some(end) = memchr::memchr(b'\n', &buffer[..n]) {
-            return match Command::parse(&buffer[..end]) {
+            return match Command::parse(crate::line::without_cr(&buffer[..end])) {
                 Command::Hello(hello) => neighbors.iter().any(|n| **n == *hello.name),
                 _ => false,
             };

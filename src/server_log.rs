@@ -28,7 +28,6 @@
 //! disk) loses that text, never the server: standard error says so once, and the file,
 //! once written again, says how much is missing.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -348,12 +347,10 @@ impl ServerLog {
 
     /// Appends one log line per line of `body`: `<stamp> [conn <n> ]<mark> <line>`.
     fn log(&self, now: SystemTime, conn: Option<u64>, mark: u8, body: &[u8], lines: Lines) {
-        let body = if body.is_ascii() {
-            Cow::Borrowed(body)
-        } else {
-            Cow::Owned(String::from_utf8_lossy(body).into_owned().into_bytes())
-        };
-        let body = body.strip_suffix(b"\n").unwrap_or(&body);
+        // Copied only when it is not UTF-8, to make it so.
+        let body = String::from_utf8_lossy(body);
+        let body = body.as_bytes();
+        let body = body.strip_suffix(b"\n").unwrap_or(body);
         self.append(now, conn, mark, |out| match lines {
             // Known to be one line: no search for more.
             Lines::One => out.line(body),

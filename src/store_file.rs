@@ -12,9 +12,11 @@
 //!   as for records from neighbors. A last line cut short by a crash is cut off the file
 //!   (and said); a line that is not a record stops the start with the file and line named.
 //! - **Rewritten** when the file is more than twice the size of the records held and more
-//!   than `[store] rewrite_min_bytes` (64 MiB): a thread writes the records held to a new file and syncs
-//!   it, records stored meanwhile go to both, and the new file then takes the old one's
-//!   name. The store pauses only to write what came meanwhile.
+//!   than `[store] rewrite_min_bytes` (64 MiB): a thread writes the records held to a new
+//!   file and syncs it, records stored meanwhile go to both, and the new file then takes
+//!   the old one's name. The store itself pauses twice: to list the records held (one
+//!   pointer each) when the rewrite starts, and at its end to write what came meanwhile
+//!   to the new file, sync it, rename it and sync the directory.
 //! - **A failing disk** (full, say) loses records from the file, never the server: answers
 //!   go on, the log and standard error say once that acknowledged records are no longer
 //!   durable, and once writes work again the file is rewritten whole and durability is
@@ -46,7 +48,7 @@ pub const LOG_TARGET: &str = "herd::store_file";
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What syncs a file to the disk: `File::sync_data` but in tests, which hold it back.
-pub type SyncFn = Arc<dyn Fn(&File) -> io::Result<()> + Send + Sync>;
+pub(crate) type SyncFn = Arc<dyn Fn(&File) -> io::Result<()> + Send + Sync>;
 
 /// Why a store file could not be used at start.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +132,7 @@ impl StoreFile {
     }
 
     /// As [`StoreFile::open`], syncing with `sync` (tests hold it back).
-    pub fn open_syncing_with(
+    pub(crate) fn open_syncing_with(
         path: &Path,
         settings: &StoreConfig,
         sync: SyncFn,
@@ -160,7 +162,8 @@ impl StoreFile {
         let (sync_requests, syncer) = match settings.fsync {
             Fsync::Always => {
                 let (requests, waiting) = mpsc::channel();
-                let work = sync_when_asked(waiting, Arc::clone(&synced), Arc::clone(&sync));
+                let work =
+                    sync_when_asked(waiting, Arc::clone(&synced), Arc::clone(&sync), log.clone());
                 (
                     Some(requests),
                     Some(spawn_named(name, work).map_err(io_error)?),
@@ -351,16 +354,6 @@ impl StoreFile {
         }
     }
 
-    /// The file's size in bytes.
-    pub fn len(&self) -> u64 {
-        self.file_bytes
-    }
-
-    /// Whether the file is empty.
-    pub fn is_empty(&self) -> bool {
-        self.file_bytes == 0
-    }
-
     /// Writes what is pending, syncs, and ends the sync thread (the server is stopping).
     pub fn close(&mut self) {
         let _ = self.write_round();
@@ -459,14 +452,47 @@ fn spawn_named(name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<J
         .spawn(work)
 }
 
+/// Says a failing sync once per run of failures, in the log and on standard error: the
+/// records acknowledged meanwhile may not survive a crash of the machine.
+struct SyncFailures {
+    log: ServerLog,
+    failing: bool,
+}
+
+impl SyncFailures {
+    fn new(log: ServerLog) -> SyncFailures {
+        SyncFailures {
+            log,
+            failing: false,
+        }
+    }
+
+    /// Takes the result of one sync.
+    fn saw(&mut self, result: &io::Result<()>) {
+        match result {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                let note = format!("syncing the store file failed: {e}");
+                error!(target: LOG_TARGET, "{note}");
+                self.log.note_as(NoteKind::Failure, None, note);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// `always`: answers each sync request once a sync that started after it returns; the
-/// requests waiting when a sync starts share it (group commit).
+/// requests waiting when a sync starts share it (group commit). A failed sync is said (and
+/// its rounds are answered all the same, as with a failed write).
 fn sync_when_asked(
     waiting: mpsc::Receiver<oneshot::Sender<io::Result<()>>>,
     synced: Arc<Mutex<Arc<File>>>,
     sync: SyncFn,
+    log: ServerLog,
 ) -> impl FnOnce() + Send + 'static {
     move || {
+        let mut failures = SyncFailures::new(log);
         while let Ok(first) = waiting.recv() {
             let mut answers = vec![first];
             answers.extend(waiting.try_iter());
@@ -475,6 +501,7 @@ fn sync_when_asked(
                 Ok(file) => sync(&file),
                 Err(_) => Err(io::Error::other("the store file's lock is poisoned")),
             };
+            failures.saw(&result);
             for answer in answers {
                 let _ = answer.send(match &result {
                     Ok(()) => Ok(()),
@@ -495,7 +522,7 @@ fn sync_every_second(
 ) -> impl FnOnce() + Send + 'static {
     move || {
         let mut done = written.load(Ordering::Relaxed);
-        let mut failing = false;
+        let mut failures = SyncFailures::new(log);
         while !stopping.load(Ordering::Relaxed) {
             std::thread::park_timeout(SYNC_INTERVAL);
             let now = written.load(Ordering::Relaxed);
@@ -505,19 +532,11 @@ fn sync_every_second(
             let Ok(file) = synced.lock().map(|f| Arc::clone(&f)) else {
                 return;
             };
-            match sync(&file) {
-                Ok(()) => {
-                    done = now;
-                    failing = false;
-                }
-                Err(e) if !failing => {
-                    failing = true;
-                    let note = format!("syncing the store file failed: {e}");
-                    error!(target: LOG_TARGET, "{note}");
-                    log.note_as(NoteKind::Failure, None, note);
-                }
-                Err(_) => {}
+            let result = sync(&file);
+            if result.is_ok() {
+                done = now;
             }
+            failures.saw(&result);
         }
     }
 }
@@ -673,6 +692,32 @@ pub(crate) mod tests {
         // The two rounds waiting together shared syncs: at most one each, at least one.
         let syncs = gate.syncs.load(Ordering::SeqCst);
         assert!((1..=2).contains(&syncs), "{syncs} syncs");
+    }
+
+    #[tokio::test]
+    async fn with_always_a_failed_sync_is_said_once_and_its_rounds_still_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, held) = ServerLog::held();
+        let mut table = RecordTable::default();
+        let failing: SyncFn = Arc::new(|_: &File| Err(io::Error::other("disk on fire")));
+        let (mut file, _) = StoreFile::open_syncing_with(
+            &dir.path().join("T.aof"),
+            &settings(Fsync::Always, 0),
+            failing,
+            &mut table,
+            log,
+            "T",
+        )
+        .unwrap();
+        for time in 1..=3 {
+            file.append(&record(&format!("AT A +0.000000000 kiwi +1+1 {time}")));
+            let synced = file.write_round().expect("always waits for a sync");
+            let error = synced.await.unwrap().expect_err("the sync failed");
+            assert!(error.to_string().contains("disk on fire"), "{error}");
+        }
+        let text = held.take();
+        let said = text.matches("syncing the store file failed: disk on fire");
+        assert_eq!(said.count(), 1, "{text}");
     }
 
     #[tokio::test]

@@ -185,7 +185,7 @@ pub fn server_name(name: &str) -> io::Result<ServerName<'static>> {
 }
 
 /// When a certificate stops being valid.
-fn not_after(certificate: &CertificateDer<'_>) -> Option<SystemTime> {
+pub(crate) fn not_after(certificate: &CertificateDer<'_>) -> Option<SystemTime> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
     let seconds = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(seconds))

@@ -147,14 +147,14 @@ pub fn whatsat_answer(record: &Record, json: &str) -> String {
     let mut answer = String::with_capacity(record.line().len() + json.len() + 3);
     answer.push_str(record.line());
     answer.push('\n');
-    let mut last_newline = false;
-    for c in json.chars() {
-        let newline = c == '\n';
-        if !(newline && last_newline) {
-            answer.push(c);
-        }
-        last_newline = newline;
+    // Runs of text, each with the newline after it; a newline right after another is
+    // left out.
+    let mut rest = json;
+    while let Some(end) = memchr::memchr(b'\n', rest.as_bytes()) {
+        answer.push_str(&rest[..=end]);
+        rest = rest[end + 1..].trim_start_matches('\n');
     }
+    answer.push_str(rest);
     answer.push_str("\n\n");
     answer
 }
