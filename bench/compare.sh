@@ -71,14 +71,6 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'
 }
 
-# cpu_ticks PIDS...: the CPU time (user and system, in clock ticks) of all the threads of
-# the processes PIDS so far.
-cpu_ticks() {
-    local pid
-    for pid in "$@"; do cat /proc/"$pid"/task/*/stat 2>/dev/null; done |
-        sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
-}
-
 # cpu_detail PIDS...: the processes' ticks so far in the threads that serve (user, system)
 # and in their log threads (`log-<Name>`, user and system), and their minor page faults.
 cpu_detail() {
@@ -222,9 +214,10 @@ addr = "$CLARK_ADDR"
 name = "Jaquez"
 addr = "$JAQUEZ_ADDR"
 EOF
-# A chain of three: Bailey - Bona - Campbell (without store files: the links' cost alone, as
-# the chain's target has always measured it); Campbell's neighbor Watcher is played by
-# `herd-bench flood --listen`, which takes the records off Campbell's link as they come.
+# A chain of three: Bailey - Bona - Campbell (without store files: the chain's target is the
+# links' cost alone; the store file's has a target of its own). Campbell's neighbor Watcher
+# is played by `herd-bench flood --listen`, which takes the records off Campbell's link as
+# they come.
 herd_config "$TMP/logs" '[["Bailey", "Bona"], ["Bona", "Campbell"], ["Campbell", "Watcher"]]' \
     "Bailey=$BAILEY_ADDR" "Bona=$BONA_ADDR" "Campbell=$CAMPBELL_ADDR" "Watcher=$WATCHER_ADDR" \
     >"$TMP/chain.toml"
@@ -233,9 +226,9 @@ echo "herd-bench: $(nproc) CPUs, servers on CPU 0, load on CPU 1; QUICK=$QUICK; 
 
 start echo "${SERVER_CPU[@]}" "$BENCH" echo-server --addr "$ECHO_ADDR"
 ECHO_PID=$LAST_PID
-# Clark first without its store file (HERD_STORE__DIR empty): the serving path alone, as
-# the first two targets have always measured it; then with the store file (the default,
-# fsync = "everysec"), then with fsync = "always".
+# Clark first without its store file (HERD_STORE__DIR empty): the first two targets are the
+# serving path alone; then with the store file (the default, fsync = "everysec", which has
+# a target of its own), then with fsync = "always".
 start clark env GOOGLE_PLACES_API_KEY=bench HERD_STORE__DIR= "${SERVER_CPU[@]}" \
     "$BIN" run Clark -c "$TMP/single.toml"
 CLARK_PID=$LAST_PID

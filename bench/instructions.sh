@@ -111,9 +111,10 @@ chain() {
     local log=$TMP/logs/Campbell.log before json
     before=$(grep -c " < AT " "$log" || true)
     json=$(load "$BONA_ADDR")
-    # Campbell may still be taking what Bona sent: wait until its log stops growing.
-    local size=-1
-    while [[ $size != $(stat -c %s "$log") ]]; do
+    # Campbell may still be taking what Bona sent: wait until its log stops growing (for
+    # two minutes at most).
+    local size=-1 waited=0
+    while [[ $size != $(stat -c %s "$log") ]] && ((waited++ < 120)); do
         size=$(stat -c %s "$log")
         sleep 1
     done

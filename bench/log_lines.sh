@@ -34,11 +34,6 @@ source bench/servers.sh
 build_release
 pin_cpus
 
-# median NUMBERS...: their median (the lower middle one of an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
-
 declare -A RPS BYTES
 printf '%-7s %5s %12s %10s %14s %10s\n' level round "requests/s" requests "log bytes" "bytes/req"
 for round in $(seq "$ROUNDS"); do

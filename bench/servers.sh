@@ -1,6 +1,7 @@
 # Sourced by the scripts of bench/: the release build, a temporary directory ($TMP, named
 # after $SCRIPT), servers started in the background and waited for, and every one of them
-# stopped, and the directory removed, when the script exits (also on Ctrl-C).
+# stopped, and the directory removed, when the script exits (also on Ctrl-C); and what the
+# scripts share to read their runs (`field`, `cpu_ticks`, `median`).
 #
 # START_WAIT_S: how long a server may take to say it listens (10 s; more under valgrind).
 
@@ -111,4 +112,20 @@ bench() {
         echo "  herd-bench $1 failed (exit $status)" >&2
     fi
     return 0
+}
+
+# cpu_ticks PIDS...: the CPU time (user and system, in clock ticks) of all the threads of
+# the processes PIDS so far.
+cpu_ticks() {
+    local pid
+    for pid in "$@"; do cat /proc/"$pid"/task/*/stat 2>/dev/null; done |
+        sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
+}
+
+# median NUMBERS...: their median, the mean of the two middle ones of an even count ("?"
+# and other non-numbers are left out; "?" if none is left).
+median() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+        awk '{ v[n++] = $1 } END { if (!n) print "?"; else if (n % 2) print v[(n - 1) / 2];
+            else print (v[n / 2 - 1] + v[n / 2]) / 2 }'
 }

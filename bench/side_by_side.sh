@@ -93,6 +93,8 @@ for round in $(seq "$ROUNDS"); do
     timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" iamat --addr "$addr_second" \
         --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${second[1]}.json" &
     load_second=$!
+    # Stopped with the servers, also when the script is interrupted.
+    PIDS+=("$load_first" "$load_second")
     wait "$load_first" "$load_second"
     stop "${PIDS[@]:$PIDS_BEFORE}"
     rm -rf "$TMP"/logs-*

@@ -212,13 +212,6 @@ propagation() {
     fi
 }
 
-# cpu_ticks PIDS...: the CPU time (user and system, in clock ticks) of the processes so far.
-cpu_ticks() {
-    local pid
-    for pid in "$@"; do cat /proc/"$pid"/task/*/stat 2>/dev/null; done |
-        sed 's/^.*) //' | awk '{ s += $12 + $13 } END { print s + 0 }'
-}
-
 # throughput MODE: IAMAT load on the chain's middle; sets RPS (IAMATs a second) and CPU
 # (the three servers' CPU time per IAMAT, us), "?" if the run failed.
 throughput() {
@@ -236,13 +229,6 @@ throughput() {
     RPS=$(awk -v r="$(field throughput_rps <<<"$json")" 'BEGIN { printf "%.0f", r }')
     CPU=$(awk -v n="$(field count <<<"$json")" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
         'BEGIN { printf "%.2f", (n > 0) ? t / hz / n * 1e6 : 0 }')
-}
-
-# median NUMBERS...: their median ("?" are left out; "?" if none is left).
-median() {
-    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
-        awk '{ v[n++] = $1 } END { if (!n) print "?"; else if (n % 2) print v[(n - 1) / 2];
-            else print (v[n / 2 - 1] + v[n / 2]) / 2 }'
 }
 
 # verdict WHAT VALUE OP LIMIT: whether VALUE meets the target "OP LIMIT" (>= or <).

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::herds::free_port;
-use common::process::{HERD, Running, spawn_listening};
+use common::process::{HERD, Running, connect, spawn_listening};
 use places_fake::{PlacesServer, Reply};
 
 const KEY: &str = "secret-test-key-4f9a";
@@ -220,12 +220,18 @@ fn signal(child: &Running, name: &str) {
 /// standard error if the test did not take it.
 fn stop(child: &mut Running, name: &str) -> (bool, String) {
     signal(child, name);
+    wait_for_exit(child)
+}
+
+/// Waits for `child` to exit: whether it exited cleanly, and its standard error if the test
+/// did not take it.
+fn wait_for_exit(child: &mut Running) -> (bool, String) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "herd did not stop on SIG{name}");
+        assert!(Instant::now() < deadline, "herd did not stop");
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
@@ -235,24 +241,13 @@ fn stop(child: &mut Running, name: &str) -> (bool, String) {
     (status.success(), stderr)
 }
 
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
 #[test]
 fn sigterm_delivers_answers_in_flight_then_stops_cleanly_and_the_key_is_never_logged() {
-    let places = PlacesServer::start(|_| {
-        Reply::After(
-            Duration::from_millis(500),
-            Box::new(Reply::Json(
-                200,
-                "{\"results\": [], \"status\": \"ZERO_RESULTS\"}".into(),
-            )),
-        )
+    // The places API holds the call until the server has begun to stop.
+    let (release, hold) = tokio::sync::watch::channel(false);
+    let places = PlacesServer::start(move |_| {
+        let answer = "{\"results\": [], \"status\": \"ZERO_RESULTS\"}";
+        Reply::Held(hold.clone(), Box::new(Reply::Json(200, answer.into())))
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -264,16 +259,12 @@ fn sigterm_delivers_answers_in_flight_then_stops_cleanly_and_the_key_is_never_lo
         .write_all(b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503\nWHATSAT kiwi 10 5\n")
         .unwrap();
     client.shutdown(Shutdown::Write).unwrap();
-    // The WHATSAT is in flight (the places server holds it for 500 ms) when SIGTERM comes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while places.requests().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the WHATSAT never reached the places server"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (clean, stderr) = stop(&mut child, "TERM");
+    // The WHATSAT is in flight when SIGTERM comes, and answered while the server stops.
+    wait_for_call(&places);
+    signal(&child, "TERM");
+    wait_until_stopping(&addr);
+    release.send(true).unwrap();
+    let (clean, stderr) = wait_for_exit(&mut child);
     let mut answers = String::new();
     client.read_to_string(&mut answers).unwrap();
     assert!(clean, "exit status not success: {stderr}");
@@ -352,17 +343,10 @@ fn a_second_signal_while_answers_are_delivered_stops_at_once() {
     client
         .write_all(b"IAMAT kiwi +1+1 1\nWHATSAT kiwi 10 5\n")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while places.requests().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the WHATSAT never reached the places API"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_call(&places);
     // The first Ctrl-C waits for the answer owed; the second does not.
     signal(&child, "INT");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until_stopping(&addr);
     assert!(
         child.0.try_wait().unwrap().is_none(),
         "stopped before the answer owed"
@@ -373,6 +357,24 @@ fn a_second_signal_while_answers_are_delivered_stops_at_once() {
         "a stop that left an answer undelivered must not look clean"
     );
     assert!(stderr.contains("second signal"), "{stderr}");
+}
+
+/// Waits until the places server has been called.
+fn wait_for_call(places: &PlacesServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while places.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the places API was never called");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the server at `addr` takes no more connections: it has begun to stop.
+fn wait_until_stopping(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "{addr} still takes connections");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits until the file at `path` holds `text`, and returns it.

@@ -910,6 +910,17 @@ async fn a_client_that_never_reads_is_no_longer_read_while_others_are_served() {
     .await;
     assert!(level < cap / 4, "the server took {level} bytes of lines");
     assert!(!writer.is_finished(), "the client could send everything");
+    // Not a pause of the machine: the server serves the other client all the while, and
+    // still takes none of these lines.
+    for i in 0..200 {
+        let answer = other.ask(&format!("IAMAT other +2+2 {}", 10 + i)).await;
+        assert!(answer.starts_with("AT "), "{answer:?}");
+    }
+    let after = written.load(Ordering::Relaxed);
+    assert_eq!(
+        after, level,
+        "the server took more lines while serving another client"
+    );
 
     // Reading the answers lets the client go on.
     let mut sink = vec![0u8; 64 * 1024];

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::herds::{FIVE, FIVE_LINKS, free_port, seed};
-use common::process::{HERD, Running, spawn_listening};
+use common::process::{HERD, Running, connect, spawn_listening};
 
 /// A herd's config on free ports of loopback, in a directory of its own.
 struct Setup {
@@ -86,14 +86,6 @@ impl Setup {
 fn kill(mut server: Running) {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
 }
 
 /// Sends `IAMAT client +1+1 time` and returns its answer, if the server answered.

@@ -51,8 +51,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 /// The allocator the server uses too (mimalloc without transparent huge pages, see the
-/// `herd` binary): the load generator's own allocations stay as cheap as when these tools
-/// were a subcommand of `herd`, so its figures compare with earlier runs.
+/// `herd` binary): the load generator's own allocations stay cheap, so that what it costs
+/// per request is small and steady beside the server it loads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

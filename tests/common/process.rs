@@ -2,7 +2,9 @@
 //! address read from what it prints, and killed if a test ends first.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// The binary under test.
 pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
@@ -37,4 +39,13 @@ pub fn spawn_listening(command: &mut Command) -> (Running, String) {
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_owned();
     (child, addr)
+}
+
+/// A blocking connection to a server at `addr`, whose reads give up after 10 s.
+pub fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
 }
