@@ -54,7 +54,8 @@ herd_config() {
     fi
     printf '[places]\nurl = "http://127.0.0.1:9/nearbysearch/json"\n\n[log]\ndir = "%s"\n' "$logs"
     if [[ ${STORE:-1} != 0 ]]; then
-        printf '\n[store]\ndir = "%s"\n' "$(dirname "$logs")/data"
+        # Beside the logs, and one directory per herd: LOG_DIR .../logs-old gets .../data-old.
+        printf '\n[store]\ndir = "%s"\n' "$(dirname "$logs")/data${logs##*/logs}"
     fi
     for node in "$@"; do
         printf '\n[[nodes]]\nname = "%s"\naddr = "%s"\n' "${node%%=*}" "${node#*=}"

@@ -97,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
     PIDS+=("$load_first" "$load_second")
     wait "$load_first" "$load_second"
     stop "${PIDS[@]:$PIDS_BEFORE}"
-    rm -rf "$TMP"/logs-*
+    rm -rf "$TMP"/logs-* "$TMP"/data-*
     old_rps=$(field throughput_rps <"$TMP/old.json")
     new_rps=$(field throughput_rps <"$TMP/new.json")
     ratio=$(awk -v n="$new_rps" -v o="$old_rps" 'BEGIN { printf "%.3f", n / o }')
