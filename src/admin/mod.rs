@@ -167,8 +167,13 @@ pub fn start(
     state: AdminState,
 ) -> std::io::Result<actix_web::dev::ServerHandle> {
     let server = HttpServer::new(move || {
+        // One client per worker for `/herd`'s calls, kept across requests: made anew for
+        // each poll of the page it would build its TLS setup every second, and reuse no
+        // connection.
+        let peers = awc::Client::builder().timeout(PEER_STATUS_TIMEOUT).finish();
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(peers))
             .route("/", web::get().to(page))
             .route("/metrics", web::get().to(metrics))
             .route("/health", web::get().to(health))
@@ -205,8 +210,7 @@ async fn status(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok().json(ServerStatus::of(&state.name, &state.metrics))
 }
 
-async fn herd(state: web::Data<AdminState>) -> HttpResponse {
-    let client = awc::Client::builder().timeout(PEER_STATUS_TIMEOUT).finish();
+async fn herd(state: web::Data<AdminState>, client: web::Data<awc::Client>) -> HttpResponse {
     let asks = state.servers.iter().map(|(name, admin_addr)| {
         let client = &client;
         let state = &state;
