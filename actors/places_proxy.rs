@@ -8,8 +8,10 @@
 //! Each call costs the user money, so it asks once for the most places any WHATSAT can want
 //! and keeps the answer for a while ([`AnswerCache`]), identical searches at once share one
 //! call, and at most `max_concurrent` calls are under way, the others waiting their turn
-//! within the timeout. Errors are never kept. The key never reaches a log: it is held in an [`ApiKey`] that does not print, and
-//! error texts are scrubbed of it before they go anywhere.
+//! within the timeout. Errors are never kept. An answer is read once as it comes (checked,
+//! its status and cutting points found: [`Page`]), so that serving it to each WHATSAT is a
+//! copy. The key never reaches a log: it is held in an [`ApiKey`] that does not print,
+//! and error texts are scrubbed of it before they go anywhere.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -28,9 +30,9 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::answer_cache::{AnswerCache, SearchKey};
 use crate::config::{PlacesApi, PlacesConfig};
 use crate::metrics::Metrics;
-use crate::places_json::{self, BadAnswer, UNKNOWN_ERROR};
+use crate::places_json::{self, BadAnswer, Page, UNKNOWN_ERROR};
 use crate::places_new;
-use crate::protocol::{Degrees, MAX_BOUND, Radius};
+use crate::protocol::{Degrees, Radius};
 
 /// The log target of this actor's mailbox: `RUST_LOG=herd::places_proxy=debug`.
 pub const LOG_TARGET: &str = "herd::places_proxy";
@@ -86,7 +88,7 @@ pub struct PlacesProxy {
     /// adds the key) answers.
     key: Option<ApiKey>,
     /// Answers worth reusing, by position, radius and API.
-    cache: AnswerCache,
+    cache: AnswerCache<Page>,
     /// Searches under way, each with the requests waiting for its answer, so identical
     /// searches at once make one call.
     in_flight: HashMap<SearchKey, Vec<oneshot::Sender<Fetched>>>,
@@ -98,7 +100,7 @@ pub struct PlacesProxy {
 
 /// The whole answer of one call, in the legacy shape, before it is cut to a bound.
 #[derive(Clone)]
-struct Fetched(Arc<str>);
+struct Fetched(Arc<Page>);
 
 impl PlacesProxy {
     /// A proxy for the API `settings` describe.
@@ -161,16 +163,16 @@ impl PlacesProxy {
             act.metrics.places.calls.inc();
             let places = &act.metrics.places;
             places.latency.observe(started.elapsed().as_secs_f64());
-            let json = match result {
-                Ok(json) => {
-                    let status = places_json::status(&json);
+            let page = match result {
+                Ok(page) => {
+                    let status = page.status();
                     if places_json::is_reusable(status.as_deref()) {
                         act.cache
-                            .put(search_key.clone(), Arc::clone(&json), Instant::now());
+                            .put(search_key.clone(), Arc::clone(&page), Instant::now());
                     } else {
                         places.error(status.as_deref().unwrap_or(UNKNOWN_ERROR));
                     }
-                    json
+                    page
                 }
                 Err(error) => {
                     places.error(UNKNOWN_ERROR);
@@ -179,11 +181,11 @@ impl PlacesProxy {
                         None => error,
                     };
                     warn!(target: LOG_TARGET, "NearbySearch failed: {error}");
-                    Arc::from(places_json::error_answer(UNKNOWN_ERROR, &error))
+                    Arc::new(places_json::error_page(UNKNOWN_ERROR, &error))
                 }
             };
             for waiter in act.in_flight.remove(&search_key).unwrap_or_default() {
-                let _ = waiter.send(Fetched(Arc::clone(&json)));
+                let _ = waiter.send(Fetched(Arc::clone(&page)));
             }
         }));
     }
@@ -197,7 +199,7 @@ async fn fetch(
     url: &str,
     search: &NearbySearch,
     key: Option<&ApiKey>,
-) -> Result<Arc<str>, String> {
+) -> Result<Arc<Page>, String> {
     let Degrees {
         latitude,
         longitude,
@@ -244,12 +246,12 @@ async fn fetch(
             return Err(format!("the places API answered HTTP {status}"));
         }
         // The whole page is kept (and checked to be a JSON object); each WHATSAT cuts it.
-        PlacesApi::Legacy => {
-            places_json::cut_results(&body, usize::from(MAX_BOUND)).map(|json| json.into_owned())
-        }
-        PlacesApi::New => places_new::to_legacy(status.as_u16(), &body),
+        PlacesApi::Legacy => Page::read(body).map_err(|e| e.to_string()),
+        PlacesApi::New => places_new::to_legacy(status.as_u16(), &body)
+            .and_then(Page::read)
+            .map_err(|e| e.to_string()),
     };
-    json.map(Arc::from).map_err(|e| e.to_string())
+    json.map(Arc::new)
 }
 
 impl Actor for PlacesProxy {
@@ -307,8 +309,8 @@ impl Handler<NearbySearch> for PlacesProxy {
             "NearbySearch location {latitude},{longitude} radius {} m bound {bound}: {how}",
             search.radius.metres()
         );
-        if let Some(json) = cached {
-            return Box::pin(async move { PlacesAnswer(cut(&json, bound)) });
+        if let Some(page) = cached {
+            return Box::pin(async move { PlacesAnswer(page.cut(bound).into_owned()) });
         }
         let (waiter, answer) = oneshot::channel();
         match self.in_flight.entry(search_key.clone()) {
@@ -320,7 +322,7 @@ impl Handler<NearbySearch> for PlacesProxy {
         }
         Box::pin(async move {
             match answer.await {
-                Ok(Fetched(json)) => PlacesAnswer(cut(&json, bound)),
+                Ok(Fetched(page)) => PlacesAnswer(page.cut(bound).into_owned()),
                 Err(_) => PlacesAnswer(places_json::error_answer(
                     UNKNOWN_ERROR,
                     "the places proxy stopped before the call ended",
@@ -328,11 +330,6 @@ impl Handler<NearbySearch> for PlacesProxy {
             }
         })
     }
-}
-
-/// Cuts a whole answer (checked when it came, or made here) to a WHATSAT's bound.
-fn cut(json: &str, bound: usize) -> String {
-    places_json::cut_checked(json, bound).into_owned()
 }
 
 /// What a query value percent-encodes: everything but RFC 3986's unreserved characters.

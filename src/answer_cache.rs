@@ -37,20 +37,20 @@ impl SearchKey {
     }
 }
 
-/// Places answers by [`SearchKey`], with a time to live and a bounded size.
-pub struct AnswerCache {
+/// Places answers (`A`) by [`SearchKey`], with a time to live and a bounded size.
+pub struct AnswerCache<A: ?Sized> {
     /// How long an entry is served; zero means nothing is ever kept.
     ttl: Duration,
     /// The most answers held. Enforced here rather than by `LruCache::new`, which would
     /// allocate room for all of them at start: a large `cache_entries` took gigabytes (or
     /// aborted the server) before a single answer was cached.
     capacity: NonZeroUsize,
-    entries: LruCache<SearchKey, (Instant, Arc<str>)>,
+    entries: LruCache<SearchKey, (Instant, Arc<A>)>,
 }
 
-impl AnswerCache {
+impl<A: ?Sized> AnswerCache<A> {
     /// A cache of at most `capacity` answers, each served for `ttl`.
-    pub fn new(ttl: Duration, capacity: NonZeroUsize) -> AnswerCache {
+    pub fn new(ttl: Duration, capacity: NonZeroUsize) -> AnswerCache<A> {
         AnswerCache {
             ttl,
             capacity,
@@ -59,7 +59,7 @@ impl AnswerCache {
     }
 
     /// The answer for `key` if one was put in less than the time to live before `now`.
-    pub fn get(&mut self, key: &SearchKey, now: Instant) -> Option<Arc<str>> {
+    pub fn get(&mut self, key: &SearchKey, now: Instant) -> Option<Arc<A>> {
         match self.entries.get(key) {
             Some((stored, answer)) if now.duration_since(*stored) < self.ttl => {
                 Some(Arc::clone(answer))
@@ -73,7 +73,7 @@ impl AnswerCache {
     }
 
     /// Keeps `answer` for `key` from `now` on (unless the cache is turned off).
-    pub fn put(&mut self, key: SearchKey, answer: Arc<str>, now: Instant) {
+    pub fn put(&mut self, key: SearchKey, answer: Arc<A>, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -106,7 +106,7 @@ mod tests {
         SearchKey::new(position, &Radius::parse(radius).unwrap(), api)
     }
 
-    fn cache(ttl_s: u64, capacity: usize) -> AnswerCache {
+    fn cache(ttl_s: u64, capacity: usize) -> AnswerCache<str> {
         AnswerCache::new(
             Duration::from_secs(ttl_s),
             NonZeroUsize::new(capacity).unwrap(),

@@ -1,4 +1,5 @@
-//! The places API's answer format (legacy Nearby Search JSON), as pure functions.
+//! The places API's answer format (legacy Nearby Search JSON): an answer read once
+//! ([`Page`]), cut to each WHATSAT's bound, and the error answers made here.
 //!
 //! Clients get the API's JSON in the API's own format: same keys, same key order, same
 //! layout. So the answer is not parsed and re-printed; it is checked to be JSON, then its
@@ -26,54 +27,124 @@ pub enum BadAnswer {
     NotAnObject,
 }
 
-/// Checks that `json` is a JSON object and cuts its top-level `results` array to at most
-/// `bound` elements, keeping every other byte as it was.
-pub fn cut_results(json: &str, bound: usize) -> Result<Cow<'_, str>, BadAnswer> {
-    // Checked without building a tree: this runs on every WHATSAT, on bodies of ~20 KB.
-    if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-        return Err(BadAnswer::NotJson);
-    }
-    if !json.trim_start().starts_with('{') {
-        return Err(BadAnswer::NotAnObject);
-    }
-    Ok(cut_checked(json, bound))
+/// A whole answer in the legacy shape, read once as it came: checked to be a JSON object,
+/// its status found, and where its top-level `results` array may be cut noted, so that
+/// cutting it to each WHATSAT's bound (a cached answer serves many) reads it no more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    json: String,
+    /// Where the status's text is in `json`, if the answer has one.
+    status: Option<std::ops::Range<usize>>,
+    /// Where the elements of `results` may be cut, if the answer has that array.
+    results: Option<Cuts>,
 }
 
-/// Cuts an answer that [`cut_results`] already checked (a cached or shared answer, cut
-/// once per WHATSAT) without checking it again.
-pub fn cut_checked(json: &str, bound: usize) -> Cow<'_, str> {
-    match results_cut_span(json, bound) {
-        Some((start, end)) => Cow::Owned(format!("{}{}", &json[..start], &json[end..])),
-        None => Cow::Borrowed(json),
+/// The cutting points of a `results` array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cuts {
+    /// The comma after each element but the last: cutting to `k` elements removes from
+    /// the `k`-th comma...
+    commas: Vec<usize>,
+    /// ...to the end of the last element, so that the white space before `]` stays.
+    last_end: usize,
+}
+
+impl Page {
+    /// Reads an answer: it must be a JSON object.
+    pub fn read(json: String) -> Result<Page, BadAnswer> {
+        // Checked without building a tree: this runs on every call, on bodies of ~40 KB.
+        if serde_json::from_str::<serde::de::IgnoredAny>(&json).is_err() {
+            return Err(BadAnswer::NotJson);
+        }
+        if !json.trim_start().starts_with('{') {
+            return Err(BadAnswer::NotAnObject);
+        }
+        Ok(Page::scanned(json))
+    }
+
+    /// An answer known to be a JSON object, scanned for its status and results.
+    fn scanned(json: String) -> Page {
+        let (status, results) = scan(&json);
+        Page {
+            json,
+            status,
+            results,
+        }
+    }
+
+    /// The answer's status (`OK`, `ZERO_RESULTS`, `REQUEST_DENIED`, ...), if it has one.
+    pub fn status(&self) -> Option<Cow<'_, str>> {
+        let raw = self.json.get(self.status.clone()?)?;
+        if !raw.contains('\\') {
+            return Some(Cow::Borrowed(raw));
+        }
+        // Escaped (no API does that to a status, but it is valid JSON): serde reads it.
+        serde_json::from_str(&format!("\"{raw}\""))
+            .ok()
+            .map(Cow::Owned)
+    }
+
+    /// The answer with its `results` cut to at most `bound` elements, every other byte as
+    /// it came.
+    pub fn cut(&self, bound: usize) -> Cow<'_, str> {
+        match &self.results {
+            Some(Cuts { commas, last_end }) if bound >= 1 && bound <= commas.len() => {
+                let json = &self.json;
+                Cow::Owned(format!(
+                    "{}{}",
+                    &json[..commas[bound - 1]],
+                    &json[*last_end..]
+                ))
+            }
+            _ => Cow::Borrowed(&self.json),
+        }
+    }
+
+    /// The whole answer.
+    pub fn text(&self) -> &str {
+        &self.json
     }
 }
 
-/// The byte span to remove so that the top-level `results` array keeps `bound` elements:
-/// from the comma after element `bound` to the end of the last element, so that the white
-/// space before the closing `]` stays.
-fn results_cut_span(json: &str, bound: usize) -> Option<(usize, usize)> {
+/// Where, in `json` (a JSON object), the top-level `status` string's text is, and where
+/// the top-level `results` array may be cut: one pass over the structure, strings skipped
+/// a vector at a time.
+fn scan(json: &str) -> (Option<std::ops::Range<usize>>, Option<Cuts>) {
     let bytes = json.as_bytes();
+    let (mut status, mut results) = (None, None);
     let mut depth = 0usize;
-    let mut i = 0;
-    // Position of the `[` of the top-level `results` array, once found.
+    // Inside the top-level `results` array: its elements are at depth 2.
     let mut in_results = false;
-    let mut elements = 1usize;
-    let mut cut_start = None;
+    let mut commas = Vec::new();
+    // The end of the last token that is not white space.
     let mut last_end = 0usize;
+    let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
                 let start = i + 1;
-                i = string_end(bytes, start)?;
-                if depth == 1 && !in_results && &json[start..i] == "results" {
-                    let colon = skip_ws(bytes, i + 1);
-                    if bytes.get(colon) == Some(&b':') {
-                        let open = skip_ws(bytes, colon + 1);
-                        if bytes.get(open) == Some(&b'[') {
+                let Some(end) = string_end(bytes, start) else {
+                    break;
+                };
+                i = end;
+                // A top-level key: a string followed by a colon (values are followed by
+                // `,` or `}`).
+                let colon = skip_ws(bytes, end + 1);
+                if depth == 1 && bytes.get(colon) == Some(&b':') {
+                    let open = skip_ws(bytes, colon + 1);
+                    match (&json[start..end], bytes.get(open)) {
+                        ("results", Some(b'[')) if results.is_none() && !in_results => {
                             in_results = true;
                             depth += 1;
                             i = open;
                         }
+                        ("status", Some(b'"')) => {
+                            if let Some(value_end) = string_end(bytes, open + 1) {
+                                status = Some(open + 1..value_end);
+                                i = value_end;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 last_end = i + 1;
@@ -81,35 +152,35 @@ fn results_cut_span(json: &str, bound: usize) -> Option<(usize, usize)> {
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 if in_results && depth == 2 {
-                    return cut_start.map(|s| (s, last_end));
+                    in_results = false;
+                    results = Some(Cuts {
+                        commas: std::mem::take(&mut commas),
+                        last_end,
+                    });
                 }
-                depth = depth.checked_sub(1)?;
+                depth = depth.saturating_sub(1);
                 last_end = i + 1;
             }
-            b',' if in_results && depth == 2 => {
-                if elements == bound {
-                    cut_start = Some(i);
-                }
-                elements += 1;
-            }
+            b',' if in_results && depth == 2 => commas.push(i),
             b' ' | b'\t' | b'\r' | b'\n' => {}
             _ => last_end = i + 1,
         }
         i += 1;
     }
-    None
+    (status, results)
 }
 
-/// The index of the `"` that closes a string whose first byte is at `start`.
+/// The index of the `"` that closes a string whose first byte is at `start`. Most of an
+/// answer's bytes are inside strings, so they are skipped a vector at a time (`memchr2`).
 fn string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            _ => i += 1,
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes.get(i) == Some(&b'"') {
+            return Some(i);
         }
+        // An escape: the byte after the backslash is never the string's end.
+        i += 2;
     }
-    None
 }
 
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
@@ -119,22 +190,16 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The `status` of an answer in the legacy shape (`OK`, `ZERO_RESULTS`, `REQUEST_DENIED`,
-/// ...), if it has one.
-pub fn status(json: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Status<'a> {
-        #[serde(borrow)]
-        status: Option<Cow<'a, str>>,
-    }
-    let Status { status } = serde_json::from_str::<Status<'_>>(json).ok()?;
-    status.map(Cow::into_owned)
-}
-
 /// Whether an answer with `status` is worth keeping for reuse: only a real answer (`OK` or
 /// `ZERO_RESULTS`), never an error, which may be gone on the next call.
 pub fn is_reusable(status: Option<&str>) -> bool {
     matches!(status, Some("OK" | "ZERO_RESULTS"))
+}
+
+/// An answer in the legacy API's error shape, as a [`Page`].
+pub fn error_page(status: &str, message: &str) -> Page {
+    // Made here as JSON: nothing to check.
+    Page::scanned(error_answer(status, message))
 }
 
 /// An answer in the legacy API's error shape: no results, a status and a message.
@@ -153,6 +218,19 @@ mod tests {
     use super::*;
 
     const THREE: &str = "{\n   \"html_attributions\" : [],\n\n   \"results\" : [\n      {\n         \"name\" : \"a, [b]\"\n      },\n      {\n         \"name\" : \"c\\\"]\"\n      },\n      {\n         \"name\" : \"d\"\n      }\n   ],\n   \"status\" : \"OK\"\n}\n";
+
+    /// `json` read as a page and cut to `bound`.
+    fn cut_results(json: &str, bound: usize) -> Result<String, BadAnswer> {
+        Page::read(json.to_owned()).map(|page| page.cut(bound).into_owned())
+    }
+
+    /// The status of `json`, read as a page.
+    fn status(json: &str) -> Option<String> {
+        Page::read(json.to_owned())
+            .ok()?
+            .status()
+            .map(Cow::into_owned)
+    }
 
     fn names(json: &str) -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -228,10 +306,25 @@ mod tests {
         )));
         assert!(!reusable(&error_answer(UNKNOWN_ERROR, "x")));
         assert!(!reusable("{}"));
+        let error = error_page(UNKNOWN_ERROR, "a \"status\" : \"OK\" here");
+        assert_eq!(error.status().as_deref(), Some(UNKNOWN_ERROR));
+        assert_eq!(error.cut(1), error.text());
+    }
+
+    #[test]
+    fn the_status_is_the_top_level_ones_only() {
+        let nested = r#"{"results": [{"status": "CLOSED", "x": "status"}], "status": "OK"}"#;
+        assert_eq!(status(nested).as_deref(), Some("OK"));
+        let inner_only = r#"{"results": [{"status": "CLOSED"}], "other": {"status": "X"}}"#;
+        assert_eq!(status(inner_only), None);
+        assert_eq!(status(r#"{"status": 5}"#), None);
+        assert_eq!(status(r#"{"status" : "O\u004b"}"#).as_deref(), Some("OK"));
         assert_eq!(
-            status(&error_answer(UNKNOWN_ERROR, "x")).as_deref(),
-            Some(UNKNOWN_ERROR)
+            status(r#"{"a": "b\"status\": ", "status": "Z"}"#).as_deref(),
+            Some("Z")
         );
+        let fixture = include_str!("../tests/fixtures/places/legacy_ok.json");
+        assert_eq!(status(fixture).as_deref(), Some("OK"));
     }
 
     #[test]
