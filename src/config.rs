@@ -58,11 +58,10 @@ pub enum ConfigError {
         /// The working directory it is relative to.
         dir: PathBuf,
     },
-    /// The file could not be read or is not TOML of the expected form.
+    /// The file could not be read or is not TOML of the expected form (whoever loaded it
+    /// names the file).
     #[error("{error}")]
     Read {
-        /// The file.
-        path: PathBuf,
         /// What the `config` crate reported: in the message, not a separate source, so that
         /// it is said once.
         error: Box<config::ConfigError>,
@@ -166,13 +165,38 @@ pub enum ConfigError {
     },
 }
 
+/// A setting whose values are words in the config (`fsync = "always"`): each value's
+/// spelling is written once, here, and reading the config and printing it both use it.
+pub trait ConfigWord: Sized + Copy + PartialEq + 'static {
+    /// Every value, with its spelling.
+    const WORDS: &'static [(Self, &'static str)];
+
+    /// The value spelled `word`, if any.
+    fn from_word(word: &str) -> Option<Self> {
+        Self::WORDS
+            .iter()
+            .find(|(_, w)| *w == word)
+            .map(|(v, _)| *v)
+    }
+
+    /// How the config spells this value.
+    fn word(self) -> &'static str {
+        Self::WORDS
+            .iter()
+            .find(|(v, _)| *v == self)
+            .map_or("", |(_, w)| w)
+    }
+}
+
+impl ConfigWord for PlacesApi {
+    const WORDS: &'static [(Self, &'static str)] =
+        &[(PlacesApi::Legacy, "legacy"), (PlacesApi::New, "new")];
+}
+
 impl fmt::Display for PlacesApi {
     /// As the config spells it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PlacesApi::Legacy => "legacy",
-            PlacesApi::New => "new",
-        })
+        f.write_str(self.word())
     }
 }
 
@@ -245,14 +269,18 @@ pub enum Fsync {
     No,
 }
 
+impl ConfigWord for Fsync {
+    const WORDS: &'static [(Self, &'static str)] = &[
+        (Fsync::Always, "always"),
+        (Fsync::EverySec, "everysec"),
+        (Fsync::No, "no"),
+    ];
+}
+
 impl fmt::Display for Fsync {
     /// As the config spells it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Fsync::Always => "always",
-            Fsync::EverySec => "everysec",
-            Fsync::No => "no",
-        })
+        f.write_str(self.word())
     }
 }
 
@@ -488,7 +516,6 @@ impl HerdConfig {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|error| ConfigError::Read {
-                path: path.to_owned(),
                 error: Box::new(error),
             })?;
         Self::validate(raw)
@@ -496,10 +523,13 @@ impl HerdConfig {
 
     fn validate(raw: RawConfig) -> Result<HerdConfig, ConfigError> {
         let raw_places = raw.places.ok_or(ConfigError::MissingSection("places"))?;
-        let (api, default_url) = match raw_places.api.as_deref().unwrap_or("legacy") {
-            "legacy" => (PlacesApi::Legacy, DEFAULT_PLACES_URL),
-            "new" => (PlacesApi::New, DEFAULT_NEW_PLACES_URL),
-            other => return Err(ConfigError::UnsupportedApi(other.to_owned())),
+        let api = match raw_places.api {
+            None => PlacesApi::Legacy,
+            Some(word) => PlacesApi::from_word(&word).ok_or(ConfigError::UnsupportedApi(word))?,
+        };
+        let default_url = match api {
+            PlacesApi::Legacy => DEFAULT_PLACES_URL,
+            PlacesApi::New => DEFAULT_NEW_PLACES_URL,
         };
         let url = raw_places.url.unwrap_or_else(|| default_url.to_owned());
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -532,22 +562,20 @@ impl HerdConfig {
         validate_links(&nodes, &raw.links)?;
         let tls = raw.tls.map(|t| TlsConfig { dir: t.dir.into() });
         let raw_store = raw.store.unwrap_or_default();
-        let fsync = match raw_store.fsync.as_deref().unwrap_or("everysec") {
-            "always" => Fsync::Always,
-            "everysec" => Fsync::EverySec,
-            "no" => Fsync::No,
-            other => return Err(ConfigError::UnsupportedFsync(other.to_owned())),
+        let fsync = match raw_store.fsync {
+            None => Fsync::EverySec,
+            Some(word) => Fsync::from_word(&word).ok_or(ConfigError::UnsupportedFsync(word))?,
         };
         let store_dir = raw_store
             .dir
             .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
         validate_tls(tls.as_ref(), &nodes)?;
         let raw_log = raw.log.unwrap_or_default();
-        let lines = match raw_log.lines.as_deref().unwrap_or("all") {
-            "all" => LogLines::All,
-            "errors" => LogLines::Errors,
-            "none" => LogLines::None,
-            other => return Err(ConfigError::UnsupportedLogLines(other.to_owned())),
+        let lines = match raw_log.lines {
+            None => LogLines::All,
+            Some(word) => {
+                LogLines::from_word(&word).ok_or(ConfigError::UnsupportedLogLines(word))?
+            }
         };
         Ok(HerdConfig {
             places: PlacesConfig {
@@ -933,6 +961,32 @@ listen = "0.0.0.0:10001"
             from_env,
             "environment variable HERD_LOG__LINES: log.lines = \"quiet\" is not a level: use \
              \"all\", \"errors\" or \"none\""
+        );
+    }
+
+    #[test]
+    fn every_word_of_the_api_and_fsync_reads_back_as_it_prints_and_others_are_refused() {
+        for api in [PlacesApi::Legacy, PlacesApi::New] {
+            let c = load(GOOD, &[("HERD_PLACES__API", api.word())]).unwrap();
+            assert_eq!(c.places.api, api);
+        }
+        for fsync in [Fsync::Always, Fsync::EverySec, Fsync::No] {
+            let c = load(GOOD, &[("HERD_STORE__FSYNC", fsync.word())]).unwrap();
+            assert_eq!(c.store.fsync, fsync);
+        }
+        assert_eq!(load(GOOD, &[]).unwrap().store.fsync, Fsync::EverySec);
+        let api = load(GOOD, &[("HERD_PLACES__API", "v2")]).unwrap_err();
+        assert!(
+            api.to_string()
+                .ends_with("places.api = \"v2\" is not supported: use \"legacy\" or \"new\""),
+            "{api}"
+        );
+        let fsync = load(GOOD, &[("HERD_STORE__FSYNC", "often")]).unwrap_err();
+        assert!(
+            fsync.to_string().ends_with(
+                "store.fsync = \"often\" is not a policy: use \"always\", \"everysec\" or \"no\""
+            ),
+            "{fsync}"
         );
     }
 

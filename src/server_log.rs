@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use rustix::fs::Advice;
 
-use crate::config::LogConfig;
+use crate::config::{ConfigWord, LogConfig};
 
 /// The log target of what happens to the log file itself (a failed write, a reopen).
 pub const LOG_TARGET: &str = "herd::server_log";
@@ -91,14 +91,18 @@ impl LogLines {
     }
 }
 
+impl ConfigWord for LogLines {
+    const WORDS: &'static [(Self, &'static str)] = &[
+        (LogLines::All, "all"),
+        (LogLines::Errors, "errors"),
+        (LogLines::None, "none"),
+    ];
+}
+
 impl fmt::Display for LogLines {
     /// As the config spells it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogLines::All => "all",
-            LogLines::Errors => "errors",
-            LogLines::None => "none",
-        })
+        f.write_str(self.word())
     }
 }
 

@@ -73,11 +73,6 @@ impl<W: AsyncWrite + Unpin> SocketOut<W> {
         self.buffer.is_empty()
     }
 
-    /// The socket's sending side.
-    pub fn get_ref(&self) -> &W {
-        &self.half
-    }
-
     /// Hands the socket as much as it takes now, and pushes out what a buffering stream
     /// holds. A failed write is the connection's end.
     pub fn flush(&mut self) -> io::Result<Flushed> {
