@@ -24,14 +24,12 @@ impl<'a> Location<'a> {
     /// Parses `±DD[.D*]±DDD[.D*]`: each coordinate with its sign, latitude then longitude,
     /// within [-90, 90] and [-180, 180].
     pub fn parse(text: &'a str) -> Option<Self> {
-        let (sign, rest) = text.as_bytes().split_first()?;
-        let is_sign = |b: &u8| matches!(b, b'+' | b'-');
-        if !is_sign(sign) {
-            return None;
-        }
-        let split = rest.iter().position(is_sign)? + 1;
-        let (lat, lng) = text.split_at(split);
-        (within(lat, 90) && within(lng, 180)).then_some(Location { text, split })
+        let signs = ['+', '-'];
+        let (lat, rest) = Decimal::prefix(text.strip_prefix(signs)?)?;
+        let split = text.len() - rest.len();
+        let (lng, tail) = Decimal::prefix(rest.strip_prefix(signs)?)?;
+        (tail.is_empty() && at_most(&lat, 90) && at_most(&lng, 180))
+            .then_some(Location { text, split })
     }
 
     /// The position in degrees, owning nothing (for records that outlive the line).
@@ -44,9 +42,9 @@ impl<'a> Location<'a> {
     }
 }
 
-/// Whether a signed coordinate is within ±limit degrees, checked exactly on its digits.
-fn within(signed: &str, limit: u64) -> bool {
-    Decimal::parse(&signed[1..]).is_some_and(|d| d.cmp_int(limit) != std::cmp::Ordering::Greater)
+/// Whether a coordinate's digits are within `limit` degrees, checked exactly.
+fn at_most(degrees: &Decimal<'_>, limit: u64) -> bool {
+    degrees.cmp_int(limit) != std::cmp::Ordering::Greater
 }
 
 /// A position that owns its numbers, for messages and stored records.

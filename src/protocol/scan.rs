@@ -106,8 +106,29 @@ fn non_digits(word: u64) -> u64 {
     !bytes_below(word ^ u64::from_ne_bytes([b'0'; 8]), 10) & HIGH_BITS
 }
 
+/// Whether `s` is one or more ASCII digits.
 pub(super) fn all_digits(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+    !s.is_empty() && digit_run(s.as_bytes()) == s.len()
+}
+
+/// How many ASCII digits `bytes` starts with.
+///
+/// Eight bytes at a time while eight remain: a number field is usually followed by more of
+/// the line, so most runs end inside the first word read.
+pub(super) fn digit_run(bytes: &[u8]) -> usize {
+    let mut run = 0;
+    while let Some(block) = bytes[run..].first_chunk::<8>() {
+        let odd = non_digits(u64::from_le_bytes(*block));
+        if odd != 0 {
+            return run + (odd.trailing_zeros() / 8) as usize;
+        }
+        run += 8;
+    }
+    let rest = &bytes[run..];
+    run + rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len())
 }
 
 /// A decimal number without sign or exponent: `digits` or `digits.digits`.
@@ -120,61 +141,56 @@ pub(super) struct Decimal<'a> {
 }
 
 impl<'a> Decimal<'a> {
+    /// The whole of `s` as a decimal.
     pub(super) fn parse(s: &'a str) -> Option<Self> {
-        // One pass, eight bytes at a time: digits and at most one dot, with digits on both
-        // sides of it.
-        let bytes = s.as_bytes();
-        let mut dot = None;
-        let mut check = |block_start: usize, word: u64| {
-            let odd = non_digits(word);
-            if odd == 0 {
-                return Some(());
-            }
-            let at = block_start + (odd.trailing_zeros() / 8) as usize;
-            // One byte that is not a digit, a dot, and the first dot.
-            let one_dot = odd & (odd - 1) == 0 && bytes[at] == b'.' && dot.is_none();
-            one_dot.then(|| dot = Some(at))
-        };
-        let (blocks, last) = bytes.as_chunks::<8>();
-        for (i, block) in blocks.iter().enumerate() {
-            check(i * 8, u64::from_le_bytes(*block))?;
+        match Decimal::prefix(s)? {
+            (decimal, "") => Some(decimal),
+            _ => None,
         }
-        if let (false, Some(end)) = (last.is_empty(), bytes.last_chunk::<8>()) {
-            // The last eight bytes, of which those read already are taken for digits (the
-            // low bytes of the word: shifted out, and digits shifted in).
-            let seen = 8 - last.len();
-            let word = u64::from_le_bytes(*end) >> (8 * seen);
-            let zeros = u64::from_ne_bytes([b'0'; 8]) << (8 * last.len());
-            check(bytes.len() - 8 + seen, word | zeros)?;
-        } else if !last.is_empty() {
-            // Shorter than a word: padded with digits, which change nothing.
-            let mut padded = [b'0'; 8];
-            padded[..last.len()].copy_from_slice(last);
-            check(0, u64::from_le_bytes(padded))?;
+    }
+
+    /// The decimal `s` starts with, and what follows it: digits, then, if a dot follows
+    /// them, the dot and the digits after it (at least one digit on each side of a dot).
+    /// A field made of two numbers (a location) is read in one pass this way.
+    pub(super) fn prefix(s: &'a str) -> Option<(Self, &'a str)> {
+        let int_len = digit_run(s.as_bytes());
+        if int_len == 0 {
+            return None;
         }
-        let (int, frac) = match dot {
-            Some(dot) => (&s[..dot], &s[dot + 1..]),
-            None => (s, ""),
+        let (int, rest) = s.split_at(int_len);
+        let Some(after_dot) = rest.strip_prefix('.') else {
+            return Some((Decimal { int, frac: "" }, rest));
         };
-        (!int.is_empty() && (dot.is_none() || !frac.is_empty())).then_some(Decimal { int, frac })
+        let frac_len = digit_run(after_dot.as_bytes());
+        if frac_len == 0 {
+            return None;
+        }
+        let (frac, rest) = after_dot.split_at(frac_len);
+        Some((Decimal { int, frac }, rest))
     }
 
     /// The whole part's value; `None` past `u64::MAX`.
     pub(super) fn int_value(&self) -> Option<u64> {
-        self.int.bytes().try_fold(0u64, |v, b| {
+        let digits = self.int.as_bytes();
+        // Nineteen digits are below 10^19 < u64::MAX: no check needed on the way.
+        if digits.len() <= 19 {
+            return Some(digits.iter().fold(0, |v, &b| v * 10 + u64::from(b - b'0')));
+        }
+        digits.iter().try_fold(0u64, |v, &b| {
             v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
         })
     }
 
     /// Compares the value with a whole number, exactly.
     pub(super) fn cmp_int(&self, n: u64) -> std::cmp::Ordering {
-        let frac_zero = self.frac.bytes().all(|b| b == b'0');
         // More than u64 holds is larger than any limit used here.
         let int_value = self.int_value().unwrap_or(u64::MAX);
-        int_value.cmp(&n).then(if frac_zero {
-            std::cmp::Ordering::Equal
-        } else {
-            std::cmp::Ordering::Greater
+        int_value.cmp(&n).then_with(|| {
+            if self.frac.bytes().all(|b| b == b'0') {
+                std::cmp::Ordering::Equal
+            } else {
+                std::cmp::Ordering::Greater
+            }
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::scan::{Decimal, all_digits};
+use super::scan::Decimal;
 
 /// Nanoseconds in a second.
 pub(super) const NANOS_PER_SEC: i128 = 1_000_000_000;
@@ -42,11 +42,11 @@ impl<'a> ClientTime<'a> {
         let d = Decimal::parse(text)?;
         // u64 seconds reach year 584 billion; longer digit runs are refused, not wrapped.
         let secs = d.int_value()?;
-        let mut nanos: u32 = 0;
-        for i in 0..9 {
-            let digit = d.frac.as_bytes().get(i).map_or(0, |b| b - b'0');
-            nanos = nanos * 10 + u32::from(digit);
-        }
+        // The first nine digits of the fraction, scaled to nanoseconds; any more are below
+        // a nanosecond.
+        let frac = &d.frac.as_bytes()[..d.frac.len().min(9)];
+        let digits = frac.iter().fold(0, |n, &b| n * 10 + u32::from(b - b'0'));
+        let nanos = digits * 10u32.pow(9 - frac.len() as u32);
         Some(ClientTime {
             text,
             nanos: Nanos(i128::from(secs) * NANOS_PER_SEC + i128::from(nanos)),
@@ -64,12 +64,8 @@ impl TimeDiff {
         let Some(rest) = text.strip_prefix(['+', '-']) else {
             return false;
         };
-        match rest.bytes().position(|b| b == b'.') {
-            Some(dot) => {
-                all_digits(&rest[..dot]) && rest.len() - dot == 10 && all_digits(&rest[dot + 1..])
-            }
-            None => false,
-        }
+        // Seconds, a dot and exactly nine digits.
+        Decimal::parse(rest).is_some_and(|d| d.frac.len() == 9)
     }
 }
 
@@ -110,6 +106,27 @@ pub(super) fn split_seconds(nanos: u128) -> (u128, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_difference_field_is_a_sign_seconds_a_dot_and_nine_digits() {
+        for (field, valid) in [
+            ("+0.000000000", true),
+            ("-86400.000000123", true),
+            ("+123456789012345678901234.000000001", true),
+            ("0.000000000", false),
+            ("+0.00000000", false),
+            ("+0.0000000000", false),
+            ("+.000000000", false),
+            ("+0.", false),
+            ("+0", false),
+            ("+0.00000000x", false),
+            ("+0.000.000000", false),
+            ("++0.000000000", false),
+            ("", false),
+        ] {
+            assert_eq!(TimeDiff::is_valid(field), valid, "{field:?}");
+        }
+    }
 
     #[test]
     fn time_differences_print_sign_seconds_and_nine_digits_at_any_size() {
