@@ -113,8 +113,8 @@ pub(super) fn all_digits(s: &str) -> bool {
 
 /// How many ASCII digits `bytes` starts with.
 ///
-/// Eight bytes at a time while eight remain: a number field is usually followed by more of
-/// the line, so most runs end inside the first word read.
+/// Eight bytes at a time while eight remain: a digit run in a field usually ends at a dot
+/// or the next number's sign inside the first word read.
 pub(super) fn digit_run(bytes: &[u8]) -> usize {
     let mut run = 0;
     while let Some(block) = bytes[run..].first_chunk::<8>() {
