@@ -1,13 +1,12 @@
 //! `RecordTable`: the latest record of each client, kept so that storing one costs little
 //! and the table grows without stopping the server.
 //!
-//! Records live in chunks, appended in the order their clients were first seen; a hash
-//! index maps each client to its record by position. A new client's record is written at
-//! the end of the last chunk, next to the one before it, and the index it goes into holds
-//! 8 bytes per slot (and one control byte): at millions of clients the index mostly stays
-//! in the processor's cache, where a table of the 40-byte records themselves cost two trips
-//! to memory per new client (measured: ~6% of a server's time under IAMAT load, the
-//! largest user-space item).
+//! Records live in chunks, appended in the order their clients were first seen; an index
+//! (`slots`) maps each client to its record by position. A new client's record is written
+//! at the end of the last chunk, next to the one before it, and its slot in the index takes
+//! 8 bytes: at millions of clients a table of the 40-byte records themselves cost two trips
+//! to memory per new client, where the index costs one, which the store can have made
+//! ahead of time ([`RecordTable::prefetch`]).
 //!
 //! A hash table that doubles moves every entry at once, and at millions of clients that is
 //! tens of milliseconds in which no client is answered (measured with one table of records:
@@ -16,22 +15,24 @@
 //! that doubles only allocates its bigger table; the entries of the old one move a few
 //! buckets at a time, with every record offered to that shard, as Redis's dict rehashes.
 //! Until the old table is empty a client is looked for in both, and each client is in
-//! exactly one of them. The shards keep even the allocation small (a table's control
-//! bytes are all written when it is made: 32 MB for an index of 15 million clients in one
-//! piece, which stalled a pipelined load for 35-97 ms). The chunks never move.
+//! exactly one of them. The shards keep even the allocation small (a table whose memory is
+//! all written when it is made, 32 MB for an index of 15 million clients in one piece,
+//! stalled a pipelined load for 35-97 ms; a shard's table is a zeroed allocation besides).
+//! The chunks never move.
 
-use hashbrown::HashTable;
+mod slots;
 
 use crate::protocol::{self, Record};
+use slots::{Slot, SlotTable};
 
 /// Shards of the index, picked by the top bits of the client hash.
 const SHARDS: usize = 64;
 
 /// Buckets of a shard's old table moved with each offer to the shard while it grows.
 ///
-/// The new table has twice the buckets, B of the old become 2B, and room for 7/8 of them,
-/// 1.75B entries; the old holds at most 7/8 B. So its B buckets must be emptied within the
-/// 7/8 B offers that could fill the new one: at least 2 buckets per offer. More is cheaper
+/// The new table has twice the buckets, B of the old become 2B, and room for 3/4 of them,
+/// 1.5B entries; the old holds at most 3/4 B. So its B buckets must be emptied within the
+/// 3/4 B offers that could fill the new one: at least 2 buckets per offer. More is cheaper
 /// in all: while the old table is there every new client is looked for in it too.
 const BUCKETS_MOVED_PER_OFFER: usize = 64;
 
@@ -68,38 +69,20 @@ impl Default for RecordTable {
     }
 }
 
-/// One client in the index: where its record is, and its client hash.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    record: u32,
-    client_hash: u32,
-}
-
 /// One shard of the index: its table, and the one it is growing out of.
 #[derive(Default)]
 struct Shard {
     /// Where new slots go, and once a growth is over, the only table.
-    current: HashTable<Slot>,
+    current: SlotTable,
     /// The table being emptied into `current`, if a growth is under way.
     growth: Option<Growth>,
 }
 
 /// The old table of a growth, and how far it has been emptied.
 struct Growth {
-    old: HashTable<Slot>,
+    old: SlotTable,
     /// The next of `old`'s buckets to move; those before it are empty.
     next_bucket: usize,
-}
-
-/// A 32-bit client hash spread over the 64 bits a table uses: the low bits pick the slot,
-/// the top seven tell slots apart, and the multiplication gives both all of it.
-fn table_hash(client_hash: u32) -> u64 {
-    u64::from(client_hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Where a slot goes when a table is rebuilt.
-fn rehash(slot: &Slot) -> u64 {
-    table_hash(slot.client_hash)
 }
 
 /// The shard of a client hash: its top bits (the tables use all of it).
@@ -138,7 +121,8 @@ impl RecordTable {
             }
             None => {
                 // Four billion records would take hundreds of gigabytes; past that, none.
-                let Ok(position) = u32::try_from(self.len()) else {
+                let Some(position) = u32::try_from(self.len()).ok().filter(|&p| p < u32::MAX)
+                else {
                     return false;
                 };
                 let Some(shard) = self.shards.get_mut(shard) else {
@@ -149,9 +133,7 @@ impl RecordTable {
                     client_hash,
                 };
                 self.line_bytes += record.line().len() as u64 + 1;
-                shard
-                    .current
-                    .insert_unique(table_hash(client_hash), slot, rehash);
+                shard.current.insert(slot);
                 match self.chunks.last_mut() {
                     Some(chunk) if chunk.len() < CHUNK_RECORDS => chunk.push(record),
                     _ => {
@@ -216,17 +198,28 @@ impl RecordTable {
     /// Where the record of `client` (whose hash is `client_hash`) is, if there is one.
     fn find(&self, client_hash: u32, client: &str) -> Option<Slot> {
         let shard = self.shards.get(shard_of(client_hash))?;
-        let hash = table_hash(client_hash);
-        let same_client = |slot: &Slot| {
-            slot.client_hash == client_hash
-                && self
-                    .record(*slot)
-                    .is_some_and(|held| held.client() == client)
+        let same_client = |slot: Slot| {
+            self.record(slot)
+                .is_some_and(|held| held.client() == client)
         };
-        let old = shard.growth.as_ref().map(|growth| &growth.old);
-        (shard.current.find(hash, same_client))
-            .or_else(|| old?.find(hash, same_client))
-            .copied()
+        (shard.current.find(client_hash, 0, same_client)).or_else(|| {
+            let growth = shard.growth.as_ref()?;
+            growth
+                .old
+                .find(client_hash, growth.next_bucket, same_client)
+        })
+    }
+
+    /// Has the processor fetch where the index would look for a client of `client_hash`,
+    /// without waiting: a store that does this for a batch of records before offering
+    /// them waits for memory once for the batch rather than once per new client.
+    pub fn prefetch(&self, client_hash: u32) {
+        if let Some(shard) = self.shards.get(shard_of(client_hash)) {
+            shard.current.prefetch(client_hash);
+            if let Some(growth) = &shard.growth {
+                growth.old.prefetch(client_hash);
+            }
+        }
     }
 
     /// The record a slot points to.
@@ -263,12 +256,11 @@ impl Shard {
             return 0;
         };
         let start = growth.next_bucket;
-        let end = start.saturating_add(buckets).min(growth.old.num_buckets());
+        let end = start.saturating_add(buckets).min(growth.old.buckets());
         for bucket in start..end {
-            if let Ok(entry) = growth.old.get_bucket_entry(bucket) {
-                let (slot, _) = entry.remove();
-                // Never grows the current table: it was made big enough for all of the old.
-                self.current.insert_unique(rehash(&slot), slot, rehash);
+            if let Some(slot) = growth.old.take(bucket) {
+                // There is room: the current table was made big enough for all of the old.
+                self.current.insert(slot);
             }
         }
         growth.next_bucket = end;
@@ -284,7 +276,7 @@ impl Shard {
         // `BUCKETS_MOVED_PER_OFFER`); if it ever did, that growth is finished first.
         self.move_buckets(usize::MAX);
         let capacity = (2 * self.current.capacity()).max(MIN_CAPACITY);
-        let old = std::mem::replace(&mut self.current, HashTable::with_capacity(capacity));
+        let old = std::mem::replace(&mut self.current, SlotTable::with_capacity(capacity));
         self.growth = Some(Growth {
             old,
             next_bucket: 0,
