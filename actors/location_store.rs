@@ -10,6 +10,10 @@
 //! took them: one message per link per round for each run of records from one source
 //! (clients, or one neighbor), not one per `Store`.
 //!
+//! A `Store` whose records go to a subscriber or the file is answered at the end of its
+//! round, so its records are only offered then too, their places in the index fetched from
+//! memory meanwhile (`LocationStore::settle`).
+//!
 //! With a store file ([`StoreFile`]), the records stored in a round are also written to it,
 //! in one write, before any of that round's `Store`s is answered (and, with `fsync =
 //! "always"`, once a sync covers them): an acknowledged record survives the server.
@@ -38,10 +42,15 @@ pub struct LocationStore {
     records: RecordTable,
     /// Who hears of every record that is stored: the server's links to its neighbors.
     subscribers: Vec<Subscribe>,
+    /// The `Store`s of this round not offered yet, in order (see [`LocationStore::settle`]).
+    arriving: Vec<Store>,
+    /// How many records each `Store` of this round stored, in order, for those offered so
+    /// far: the answers owed.
+    stored: Vec<usize>,
     /// Records stored this turn and not yet published, in runs of one source each.
     unpublished: Vec<(Option<Arc<str>>, Vec<Record>)>,
-    /// The answers owed for them, given once the subscribers took them (and the file has
-    /// them: written, and with `always` synced).
+    /// The answers owed for this round's `Store`s, given once the subscribers took their
+    /// records (and the file has them: written, and with `always` synced).
     owed: OwedAnswers,
     /// Whether a [`GROWTH_TICK`] is scheduled.
     growth_tick_scheduled: bool,
@@ -178,6 +187,9 @@ impl LocationStore {
     /// the round's `Store`s.
     fn finish_round(&mut self, ctx: &mut Context<Self>) {
         self.round_scheduled = false;
+        self.settle();
+        self.schedule_growth_tick(ctx);
+        let stored = std::mem::take(&mut self.stored);
         let owed = self.owed.take();
         let synced = self.file.as_mut().and_then(StoreFile::write_round);
         self.maybe_rewrite(ctx);
@@ -203,8 +215,8 @@ impl LocationStore {
         };
         let done = futures_util::future::join(taken, synced);
         ctx.spawn(done.into_actor(self).map(move |_, _, _| {
-            for Owed { answer, count } in owed {
-                let _ = answer.send(count);
+            for Owed { answer, store } in owed {
+                let _ = answer.send(stored.get(store).copied().unwrap_or(0));
             }
         }));
     }
@@ -229,7 +241,45 @@ impl LocationStore {
 impl Handler<Store> for LocationStore {
     type Result = StoreAnswer;
 
-    fn handle(&mut self, Store { records, from }: Store, ctx: &mut Context<Self>) -> StoreAnswer {
+    /// Offers the records now if nothing waits on them; otherwise at the end of the round,
+    /// with the round's other records, their places in the index fetched from memory
+    /// meanwhile (see `LocationStore::settle`).
+    fn handle(&mut self, store: Store, ctx: &mut Context<Self>) -> StoreAnswer {
+        self.offered_since_tick = true;
+        let publish = self
+            .subscribers
+            .iter()
+            .any(|s| s.wants(store.from.as_ref()));
+        // Even offered now, a neighbor's hundreds of records wait for memory once, not
+        // once each.
+        for record in &store.records {
+            self.records.prefetch(record.client_hash());
+        }
+        if !publish && self.file.is_none() && self.arriving.is_empty() {
+            let count = self.offer(store);
+            self.schedule_growth_tick(ctx);
+            return StoreAnswer::Now(count);
+        }
+        self.arriving.push(store);
+        if !std::mem::replace(&mut self.round_scheduled, true) {
+            // Ended after one yield to the other tasks: the sessions that are ready run
+            // first, and the records of their `Store`s go in the same messages (one write
+            // per link for all of them), at the price of one round of the event loop in
+            // the answers' latency. Measured: chain middle ~+10-15%.
+            let turn = tokio::task::yield_now().into_actor(self);
+            ctx.spawn(turn.map(|(), act: &mut LocationStore, ctx| act.finish_round(ctx)));
+        }
+        StoreAnswer::Later {
+            store: self.stored.len() + self.arriving.len() - 1,
+            owed: self.owed.clone(),
+        }
+    }
+}
+
+impl LocationStore {
+    /// Offers the records of one `Store`, publishing and writing those it stored; says
+    /// how many it stored.
+    fn offer(&mut self, Store { records, from }: Store) -> usize {
         let publish = self.subscribers.iter().any(|s| s.wants(from.as_ref()));
         let offered = records.len();
         let mut count = 0;
@@ -256,23 +306,22 @@ impl Handler<Store> for LocationStore {
             .records_ignored
             .inc_by((offered - count) as u64);
         self.metrics.records_held.set(self.records.len() as i64);
-        self.offered_since_tick = true;
-        self.schedule_growth_tick(ctx);
-        let to_write = self.file.as_ref().is_some_and(StoreFile::has_pending);
-        if self.unpublished.is_empty() && !to_write {
-            return StoreAnswer::Now(count);
-        }
-        if !std::mem::replace(&mut self.round_scheduled, true) {
-            // Published after one yield to the other tasks: the sessions that are ready
-            // run first, and the records of their `Store`s go in the same messages (one
-            // write per link for all of them), at the price of one round of the event
-            // loop in the answers' latency. Measured: chain middle ~+10-15%.
-            let turn = tokio::task::yield_now().into_actor(self);
-            ctx.spawn(turn.map(|(), act: &mut LocationStore, ctx| act.finish_round(ctx)));
-        }
-        StoreAnswer::Later {
-            count,
-            owed: self.owed.clone(),
+        count
+    }
+
+    /// Offers the `Store`s that arrived this round and were held back, in order.
+    ///
+    /// A `Store` whose records must reach a link or the file is answered at the end of the
+    /// round anyway, so its records are offered then too: the store asks for each one's
+    /// place in the index when the `Store` comes ([`RecordTable::prefetch`]), and by the
+    /// end of the round those places are in the cache. A new client's place is otherwise
+    /// a wait for memory once the index outgrows the cache, the largest cost of a store
+    /// growing under load. Every other message to the store settles first, so that it
+    /// sees the store as if each `Store` had been offered when it came.
+    fn settle(&mut self) {
+        for store in std::mem::take(&mut self.arriving) {
+            let count = self.offer(store);
+            self.stored.push(count);
         }
     }
 }
@@ -285,28 +334,28 @@ pub enum StoreAnswer {
     Now(usize),
     /// When the turn's records are taken by the links and the file.
     Later {
-        /// The answer.
-        count: usize,
+        /// Which of the round's `Store`s this answers.
+        store: usize,
         /// Where the store keeps what it owes.
         owed: OwedAnswers,
     },
 }
 
 /// The answers a store owes for records its subscribers have not taken yet: each `Store`'s
-/// reply channel, with how many records it stored. Shared between the store and the
-/// [`StoreAnswer`]s it returns, which put their channels here.
+/// reply channel, with which of the round's `Store`s it answers. Shared between the store
+/// and the [`StoreAnswer`]s it returns, which put their channels here.
 #[derive(Clone, Default)]
 pub struct OwedAnswers(Rc<RefCell<Vec<Owed>>>);
 
-/// One `Store`'s reply channel, and its answer.
+/// One `Store`'s reply channel, and which of the round's `Store`s it is.
 struct Owed {
     answer: OneshotSender<usize>,
-    count: usize,
+    store: usize,
 }
 
 impl OwedAnswers {
-    fn push(&self, answer: OneshotSender<usize>, count: usize) {
-        self.0.borrow_mut().push(Owed { answer, count });
+    fn push(&self, answer: OneshotSender<usize>, store: usize) {
+        self.0.borrow_mut().push(Owed { answer, store });
     }
 
     fn take(&self) -> Vec<Owed> {
@@ -323,7 +372,7 @@ impl MessageResponse<LocationStore, Store> for StoreAnswer {
             StoreAnswer::Now(count) => {
                 let _ = answer.send(count);
             }
-            StoreAnswer::Later { count, owed } => owed.push(answer, count),
+            StoreAnswer::Later { store, owed } => owed.push(answer, store),
         }
     }
 }
@@ -332,6 +381,7 @@ impl Handler<Lookup> for LocationStore {
     type Result = Option<Record>;
 
     fn handle(&mut self, Lookup(client): Lookup, _: &mut Context<Self>) -> Option<Record> {
+        self.settle();
         self.metrics.store_backlog.dec();
         let found = self.records.get(&client).cloned();
         debug!(target: LOG_TARGET, "Lookup {client:?}: {}", found.as_ref().map_or("none", |r| r.line()));
@@ -343,6 +393,7 @@ impl Handler<Snapshot> for LocationStore {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        self.settle();
         debug!(target: LOG_TARGET, "Snapshot: {} records", self.records.len());
         MessageResult(self.records.iter().map(Record::shared_line).collect())
     }
@@ -358,6 +409,7 @@ impl Handler<CloseFile> for LocationStore {
     type Result = ();
 
     fn handle(&mut self, _: CloseFile, _: &mut Context<Self>) {
+        self.settle();
         debug!(target: LOG_TARGET, "CloseFile");
         if let Some(file) = self.file.as_mut() {
             file.close();
@@ -369,6 +421,7 @@ impl Handler<Subscribe> for LocationStore {
     type Result = ();
 
     fn handle(&mut self, subscribe: Subscribe, _: &mut Context<Self>) {
+        self.settle();
         debug!(target: LOG_TARGET, "Subscribe (to {})", subscribe.neighbor);
         self.subscribers.push(subscribe);
     }
@@ -601,6 +654,31 @@ mod tests {
         }
         assert_eq!(collector.send(Seen).await.unwrap().len(), 10);
         assert_eq!(collector.send(Messages).await.unwrap(), 1);
+    }
+
+    /// A `Store` held for the end of its round (its records go to a subscriber) is offered
+    /// before any message that came after it: a `Lookup` sees its record, and each of the
+    /// round's `Store`s, also those after the `Lookup`, is answered with its own count.
+    #[actix_rt::test]
+    async fn a_store_held_for_its_round_is_seen_by_every_message_after_it() {
+        let (store, collector) = store_with_collector().await;
+        // Queued before the store runs, so handled in one turn.
+        let first = store.send(client(record("AT A +0.000000000 kiwi +1+1 5")));
+        let lookup = store.send(Lookup("kiwi".into()));
+        let older = store.send(client(record("AT A +0.000000000 kiwi +1+1 4")));
+        let two = store.send(Store {
+            records: vec![
+                record("AT A +0.000000000 pear +1+1 1"),
+                record("AT A +0.000000000 plum +1+1 1"),
+            ],
+            from: None,
+        });
+        let found = lookup.await.unwrap().map(|r| r.line().to_string());
+        assert_eq!(found.as_deref(), Some("AT A +0.000000000 kiwi +1+1 5"));
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(older.await.unwrap(), 0);
+        assert_eq!(two.await.unwrap(), 2);
+        assert_eq!(collector.send(Seen).await.unwrap().len(), 3);
     }
 
     /// Asks the store whether its table is still growing.
