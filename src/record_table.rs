@@ -17,7 +17,8 @@
 //! Until the old table is empty a client is looked for in both, and each client is in
 //! exactly one of them. The shards keep even the allocation small (a table whose memory is
 //! all written when it is made, 32 MB for an index of 15 million clients in one piece,
-//! stalled a pipelined load for 35-97 ms; a shard's table is a zeroed allocation besides).
+//! stalled a pipelined load for 35-97 ms; a shard's table is besides a zeroed allocation,
+//! which fresh memory gives without writing it).
 //! The chunks never move.
 
 mod slots;

@@ -10,7 +10,8 @@
 //! IAMAT load from new clients these fetches from memory were the store's largest cost.
 //!
 //! An empty slot is the word 0 (positions are kept plus one), so a new table is a zeroed
-//! allocation that the kernel fills in as it is touched rather than up front.
+//! allocation: taken from fresh memory, as a large one usually is, it is not written up
+//! front, and the kernel fills its pages in as they are touched.
 
 /// Slots in use at most, as a fraction of the table: past 3/4, linear probing's runs
 /// grow long (an unsuccessful search reads 8.5 slots on average at 3/4, 32 at 7/8).
@@ -55,7 +56,7 @@ impl SlotTable {
             .div_ceil(MAX_LOAD_NUM)
             .next_power_of_two();
         SlotTable {
-            // Zeroed: every slot empty, and the pages untouched until used.
+            // Zeroed: every slot empty.
             words: vec![0; buckets].into_boxed_slice(),
             len: 0,
         }
