@@ -207,6 +207,33 @@ async fn an_older_record_does_not_replace_a_newer_one_anywhere(links: Links) {
     herd.stop_all().await;
 }
 
+/// At a server with links, the store offers a client's record only at the end of the round
+/// in which its links take it; a WHATSAT sent right behind the IAMAT, in the same write,
+/// must still find that record and not the one before it.
+#[actix_rt::test]
+async fn a_whatsat_right_behind_an_iamat_at_a_linked_server_sees_that_iamat() {
+    let mut herd = HerdBuilder::five().start().await;
+    let mut clark = herd.client("Clark").await;
+    for round in 0..50 {
+        let time = format!("{}", 1_700_000_000 + round);
+        let whatsat = "WHATSAT right-behind 10 5";
+        let both = format!("IAMAT right-behind {KIWI_POSITION} {time}\n{whatsat}\n");
+        clark.send(&both).await.expect("IAMAT and WHATSAT to Clark");
+        let answer = clark.read_line().await.expect("IAMAT's answer");
+        assert_at_answer(&answer, "Clark", "right-behind", KIWI_POSITION, &time);
+        let seen = clark
+            .read_whatsat_answer(whatsat)
+            .await
+            .expect("WHATSAT's answer");
+        assert_eq!(
+            seen.as_deref(),
+            Some(answer.as_str()),
+            "round {round}: the WHATSAT did not see the IAMAT just before it"
+        );
+    }
+    herd.stop_all().await;
+}
+
 /// Clark and Bona, where Clark reaches Bona only through a proxy the test controls.
 async fn clark_with_bona_behind_a_proxy() -> (Herd, StallProxy) {
     let proxy = StallProxy::start();
