@@ -131,6 +131,30 @@ pub(super) fn digit_run(bytes: &[u8]) -> usize {
         .unwrap_or(rest.len())
 }
 
+/// The value of at most 19 ASCII digits, eight at a time while eight remain (a client
+/// time's seconds and fraction are nine and ten digits).
+pub(super) fn digits_value(digits: &[u8]) -> u64 {
+    let mut value = 0;
+    let mut rest = digits;
+    while let Some((block, after)) = rest.split_first_chunk::<8>() {
+        value = value * 100_000_000 + eight_digits_value(u64::from_le_bytes(*block));
+        rest = after;
+    }
+    rest.iter()
+        .fold(value, |v, &b| v * 10 + u64::from(b - b'0'))
+}
+
+/// The value of eight ASCII digits read as a little-endian word (the first digit, the most
+/// significant, in the lowest byte): neighbors are combined into pairs, pairs into fours,
+/// fours into the eight, each step one multiplication for every lane at once. No lane
+/// carries into the next: a pair is at most 99, a four at most 9,999.
+fn eight_digits_value(word: u64) -> u64 {
+    let digits = word.wrapping_sub(u64::from_ne_bytes([b'0'; 8]));
+    let pairs = (digits.wrapping_mul(10) + (digits >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let fours = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_ffff_0000_ffff;
+    (fours.wrapping_mul(10_000) + (fours >> 32)) & 0xffff_ffff
+}
+
 /// A decimal number without sign or exponent: `digits` or `digits.digits`.
 ///
 /// Kept as its two digit strings so that range checks and unit changes are exact.
@@ -142,6 +166,7 @@ pub(super) struct Decimal<'a> {
 
 impl<'a> Decimal<'a> {
     /// The whole of `s` as a decimal.
+    #[inline(always)]
     pub(super) fn parse(s: &'a str) -> Option<Self> {
         match Decimal::prefix(s)? {
             (decimal, "") => Some(decimal),
@@ -152,6 +177,9 @@ impl<'a> Decimal<'a> {
     /// The decimal `s` starts with, and what follows it: digits, then, if a dot follows
     /// them, the dot and the digits after it (at least one digit on each side of a dot).
     /// A field made of two numbers (a location) is read in one pass this way.
+    ///
+    /// Inlined into its few callers: called, its setup cost a third of its work.
+    #[inline(always)]
     pub(super) fn prefix(s: &'a str) -> Option<(Self, &'a str)> {
         let int_len = digit_run(s.as_bytes());
         if int_len == 0 {
@@ -174,7 +202,7 @@ impl<'a> Decimal<'a> {
         let digits = self.int.as_bytes();
         // Nineteen digits are below 10^19 < u64::MAX: no check needed on the way.
         if digits.len() <= 19 {
-            return Some(digits.iter().fold(0, |v, &b| v * 10 + u64::from(b - b'0')));
+            return Some(digits_value(digits));
         }
         digits.iter().try_fold(0u64, |v, &b| {
             v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
@@ -198,6 +226,27 @@ impl<'a> Decimal<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every length from 0 to 19 digits, at and around the eight-digit blocks, against the
+    /// standard library's reading of the same digits.
+    #[test]
+    fn digit_values_match_the_standard_parse_at_every_length() {
+        for source in [
+            "1796617457959498503",
+            "9999999999999999999",
+            "0000000000000000000",
+            "1000000000000000000",
+            "0123456789012345678",
+            "9080706050403020100",
+        ] {
+            for len in 1..=source.len() {
+                let digits = &source[..len];
+                let expected: u64 = digits.parse().unwrap();
+                assert_eq!(digits_value(digits.as_bytes()), expected, "{digits:?}");
+            }
+        }
+        assert_eq!(digits_value(b""), 0);
+    }
 
     #[test]
     fn a_decimal_is_checked_at_every_position_of_every_length() {

@@ -6,10 +6,24 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::scan::Decimal;
+use super::scan::{Decimal, digits_value};
 
 /// Nanoseconds in a second.
 pub(super) const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+/// What a fraction of `n` digits (the index, 0 to 9) is multiplied by to count nanoseconds.
+const NANOS_SCALE: [u64; 10] = [
+    1_000_000_000,
+    100_000_000,
+    10_000_000,
+    1_000_000,
+    100_000,
+    10_000,
+    1_000,
+    100,
+    10,
+    1,
+];
 
 /// The client's POSIX time: whole seconds and nanoseconds, and the text it came as.
 ///
@@ -45,8 +59,7 @@ impl<'a> ClientTime<'a> {
         // The first nine digits of the fraction, scaled to nanoseconds; any more are below
         // a nanosecond.
         let frac = &d.frac.as_bytes()[..d.frac.len().min(9)];
-        let digits = frac.iter().fold(0, |n, &b| n * 10 + u32::from(b - b'0'));
-        let nanos = digits * 10u32.pow(9 - frac.len() as u32);
+        let nanos = digits_value(frac) * NANOS_SCALE[frac.len()];
         Some(ClientTime {
             text,
             nanos: Nanos(i128::from(secs) * NANOS_PER_SEC + i128::from(nanos)),

@@ -164,7 +164,8 @@ fn prefetch(word: &u64) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // A prefetch only hints: it never faults, and `word` is a live reference anyway.
+        // SAFETY: the intrinsic is unsafe only for needing SSE, which every x86_64 processor
+        // has; a prefetch never faults, and `word` is a live reference anyway.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(word).cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
