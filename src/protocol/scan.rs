@@ -132,7 +132,7 @@ pub(super) fn digit_run(bytes: &[u8]) -> usize {
 }
 
 /// The value of at most 19 ASCII digits, eight at a time while eight remain (a client
-/// time's seconds and fraction are nine and ten digits).
+/// time's seconds and fraction are ten and nine digits).
 pub(super) fn digits_value(digits: &[u8]) -> u64 {
     let mut value = 0;
     let mut rest = digits;
