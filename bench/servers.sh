@@ -62,6 +62,33 @@ herd_config() {
     done
 }
 
+# herd_up NAME BINARY BASE: starts a herd of BINARY as SHAPE says, on the server CPU (see
+# `pin_cpus`), its logs in $TMP/logs-NAME: `chain`, Bailey - Bona - Campbell on ports BASE,
+# BASE+1 and BASE+2, loaded at its middle; `one`, Clark alone on BASE. Its loaded address
+# is then in LOADED, and its servers' pids are the last of PIDS. Waits for a chain's links
+# with the load tool (LOAD).
+herd_up() {
+    local name=$1 bin=$2 base=$3 server
+    if [[ $SHAPE == one ]]; then
+        herd_config "$TMP/logs-$name" "" "Clark=127.0.0.1:$base" >"$TMP/$name.toml"
+        start "$name-clark" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run Clark \
+            -c "$TMP/$name.toml"
+        LOADED=127.0.0.1:$base
+        return
+    fi
+    herd_config "$TMP/logs-$name" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \
+        "Bailey=127.0.0.1:$base" "Bona=127.0.0.1:$((base + 1))" \
+        "Campbell=127.0.0.1:$((base + 2))" >"$TMP/$name.toml"
+    for server in Bailey Bona Campbell; do
+        start "$name-$server" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run \
+            "$server" -c "$TMP/$name.toml"
+    done
+    # The links are up once a record sent to one end is known at the other.
+    "$LOAD" flood --send "127.0.0.1:$base" --watch "127.0.0.1:$((base + 2))" --count 1 \
+        --timeout 15 --json >/dev/null
+    LOADED=127.0.0.1:$((base + 1))
+}
+
 # build_release: builds the release binaries, the server (target/release/herd) and the
 # load tool (target/release/herd-bench), unless SKIP_BUILD=1 asks to use them as they are.
 build_release() {

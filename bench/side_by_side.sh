@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Two builds at once: each runs its own servers on the same core, loaded at the same time
-# from the other core, so both meet the same machine at every moment. Their throughputs'
-# ratio is then their relative speed, servers and their log threads included; it repeats
-# to within ~0.5%, where runs one after the other (compare.sh) drift by 10-20% with the
-# phases of a shared machine. Use it to decide whether a change that instruction counts
-# cannot see (system calls, scheduling, the log thread) is a win.
+# from the other core, so both meet the same machine at every moment. The ratio of their
+# throughputs repeats to within ~0.5%, where runs one after the other (compare.sh) drift by
+# 10-20% with the phases of a shared machine. Use it to decide whether a change to what
+# the loaded server's own thread does (its system calls, its scheduling, its memory) is a
+# win, where instruction counts cannot see it.
+#
+# What it cannot see: work in any other thread or process, such as the log threads or a
+# chain's two ends. The two loaded servers always have work, and the scheduler shares
+# among them what the other threads leave of the core: a build whose log thread or ends
+# cost less frees time for both loaded servers alike, and the ratio does not move. Judge
+# such a change with bench/alternate.sh, which runs each build alone.
 #
 #   bash bench/side_by_side.sh OLD_BINARY NEW_BINARY [chain|one]
 #
@@ -42,38 +48,6 @@ source bench/servers.sh
 build_release
 pin_cpus
 
-# config SIDE BASE: the herd of one side, its servers on ports BASE, BASE+1, BASE+2.
-config() {
-    local side=$1 base=$2
-    if [[ $SHAPE == one ]]; then
-        herd_config "$TMP/logs-$side" "" "Clark=127.0.0.1:$base"
-    else
-        herd_config "$TMP/logs-$side" '[["Bailey", "Bona"], ["Bona", "Campbell"]]' \
-            "Bailey=127.0.0.1:$base" "Bona=127.0.0.1:$((base + 1))" \
-            "Campbell=127.0.0.1:$((base + 2))"
-    fi
-}
-
-# up SIDE BINARY BASE: starts a side's servers; its loaded address is then in LOADED.
-up() {
-    local side=$1 bin=$2 base=$3 name
-    config "$side" "$base" >"$TMP/$side.toml"
-    if [[ $SHAPE == one ]]; then
-        start "$side-clark" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run Clark \
-            -c "$TMP/$side.toml"
-        LOADED=127.0.0.1:$base
-        return
-    fi
-    for name in Bailey Bona Campbell; do
-        start "$side-$name" env -u GOOGLE_PLACES_API_KEY "${SERVER_CPU[@]}" "$bin" run "$name" \
-            -c "$TMP/$side.toml"
-    done
-    # The links are up once a record sent to one end is known at the other.
-    "$LOAD" flood --send "127.0.0.1:$base" --watch "127.0.0.1:$((base + 2))" --count 1 \
-        --timeout 15 --json >/dev/null
-    LOADED=127.0.0.1:$((base + 1))
-}
-
 echo "side by side ($SHAPE, $ROUNDS rounds of ${DURATION}s, --conns $CONNS each, servers on CPU 0):"
 echo "  OLD $OLD"
 echo "  NEW $NEW"
@@ -83,9 +57,9 @@ for round in $(seq "$ROUNDS"); do
     # Odd rounds: OLD on the first ports and started first; even rounds: NEW.
     if ((round % 2)); then first=("$OLD" old) second=("$NEW" new); else first=("$NEW" new) second=("$OLD" old); fi
     PIDS_BEFORE=${#PIDS[@]}
-    up "${first[1]}" "${first[0]}" "$PORT_BASE"
+    herd_up "${first[1]}" "${first[0]}" "$PORT_BASE"
     addr_first=$LOADED
-    up "${second[1]}" "${second[0]}" $((PORT_BASE + 3))
+    herd_up "${second[1]}" "${second[0]}" $((PORT_BASE + 3))
     addr_second=$LOADED
     timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" iamat --addr "$addr_first" \
         --conns "$CONNS" --duration "$DURATION" --json >"$TMP/${first[1]}.json" &

@@ -53,8 +53,10 @@ const LOG_BUFFER_BYTES: usize = 8 << 20;
 /// How long the log thread sleeps after writing out what was buffered: the most a logged
 /// line waits before it reaches the file. Each write holds the server's core (when they
 /// share one) for as long as it takes the kernel to copy it: every 2 ms rather than 5, the
-/// writes are shorter and one server's p99 latency was ~10% lower, for ~0.6% less
-/// throughput (`bench/side_by_side.sh`); at 1 ms, throughput fell ~3%.
+/// writes are shorter and one server's p99 latency was ~10% lower
+/// (`bench/side_by_side.sh`). Longer turns are not cheaper: run alone
+/// (`bench/alternate.sh`), 4 ms gave 0.991 of the throughput at one server and 0.980 in a
+/// chain, and 1 ms the same as 2 in a chain (0.997).
 const LOG_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Past this many bytes waiting, the log thread is woken before its interval is over, so

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Two builds one after the other, alternating: each round runs one build's herd alone on
+# the server core under IAMAT load, then the other's (which goes first alternates), and
+# reads how much CPU all of the herd's threads took per request: the serving threads, the
+# log threads, and in a chain the two ends. It sees every cost a build adds or saves, where
+# side_by_side.sh (both at once) sees only the loaded server's own thread. But the machine
+# drifts between runs (10-20% on a shared host), so judge by the medians of several rounds,
+# and by CPU per request before throughput: it drifts less.
+#
+#   bash bench/alternate.sh OLD_BINARY NEW_BINARY [chain|one]
+#
+# chain (the default): a chain of three (Bailey - Bona - Campbell) loaded at its middle, as
+# compare.sh's "middle of a chain"; one: one server. STORE=0 with HERD_STORE__DIR= set runs
+# without store files, as compare.sh's chain does.
+#
+# Environment: ROUNDS (6), DURATION (seconds of load per run, 5), CONNS (50), PORT_BASE
+# (first of six ports, 17270), SKIP_BUILD=1 (use the release load tool as it is).
+# Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $# -lt 2 ]]; then
+    echo "usage: bash bench/alternate.sh OLD_BINARY NEW_BINARY [chain|one]" >&2
+    exit 2
+fi
+OLD=$1
+NEW=$2
+SHAPE=${3:-chain}
+if [[ $SHAPE != chain && $SHAPE != one ]]; then
+    echo "shape must be chain or one, not $SHAPE" >&2
+    exit 2
+fi
+ROUNDS=${ROUNDS:-6}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-50}
+PORT_BASE=${PORT_BASE:-17270}
+LOAD=target/release/herd-bench
+
+SCRIPT=alternate
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
+build_release
+pin_cpus
+
+declare -A RPS CPU
+
+# run NAME BINARY BASE: NAME's herd alone under load; prints the run, and adds its
+# throughput and CPU per request to RPS[NAME] and CPU[NAME].
+run() {
+    local name=$1 bin=$2 base=$3 first=${#PIDS[@]} before after json rps count cpu
+    herd_up "$name" "$bin" "$base"
+    local pids=("${PIDS[@]:$first}")
+    before=$(cpu_ticks "${pids[@]}")
+    json=$(timeout $((DURATION + 30)) "${LOAD_CPU[@]}" "$LOAD" iamat --addr "$LOADED" \
+        --conns "$CONNS" --duration "$DURATION" --json)
+    after=$(cpu_ticks "${pids[@]}")
+    stop "${pids[@]}"
+    rm -rf "$TMP/logs-$name" "$TMP/data-$name"
+    rps=$(field throughput_rps <<<"$json")
+    count=$(field count <<<"$json")
+    cpu=$(awk -v t=$((after - before)) -v n="$count" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n; else print "?" }')
+    RPS[$name]+=" $rps"
+    CPU[$name]+=" $cpu"
+    printf '  %-6s %-4s %12.0f %12s\n' "$round" "$name" "$rps" "$cpu"
+}
+
+echo "alternately, each build alone ($SHAPE, $ROUNDS rounds of ${DURATION}s, --conns $CONNS, servers on CPU 0):"
+echo "  OLD $OLD"
+echo "  NEW $NEW"
+printf '  %-6s %-4s %12s %12s\n' round herd "req/s" "cpu-us/req"
+for round in $(seq "$ROUNDS"); do
+    if ((round % 2)); then
+        run old "$OLD" "$PORT_BASE"
+        run new "$NEW" $((PORT_BASE + 3))
+    else
+        run new "$NEW" $((PORT_BASE + 3))
+        run old "$OLD" "$PORT_BASE"
+    fi
+done
+# shellcheck disable=SC2086 # the lists are space-separated numbers
+read -r old_rps new_rps old_cpu new_cpu <<<"$(median ${RPS[old]}) $(median ${RPS[new]}) \
+$(median ${CPU[old]}) $(median ${CPU[new]})"
+printf '  medians: OLD %.0f req/s, %s us/req; NEW %.0f req/s, %s us/req\n' "$old_rps" "$old_cpu" \
+    "$new_rps" "$new_cpu"
+awk -v nr="$new_rps" -v orr="$old_rps" -v nc="$new_cpu" -v oc="$old_cpu" 'BEGIN {
+    printf "  NEW / OLD: throughput %.3f, CPU per request %.3f\n", nr / orr, nc / oc }'
