@@ -62,6 +62,19 @@ herd_config() {
     done
 }
 
+# read_builds ARGS...: the arguments of a script that compares two builds, OLD_BINARY
+# NEW_BINARY [chain|one], into OLD, NEW and SHAPE (chain unless given); if they are not
+# that, how to call the script, and exit 2.
+read_builds() {
+    if [[ $# -lt 2 || $# -gt 3 || ! ${3:-chain} =~ ^(chain|one)$ ]]; then
+        echo "usage: bash bench/$SCRIPT.sh OLD_BINARY NEW_BINARY [chain|one]" >&2
+        exit 2
+    fi
+    OLD=$1
+    NEW=$2
+    SHAPE=${3:-chain}
+}
+
 # herd_up NAME BINARY BASE: starts a herd of BINARY as SHAPE says, on the server CPU (see
 # `pin_cpus`), its logs in $TMP/logs-NAME: `chain`, Bailey - Bona - Campbell on ports BASE,
 # BASE+1 and BASE+2, loaded at its middle; `one`, Clark alone on BASE. Its loaded address

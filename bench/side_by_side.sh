@@ -25,26 +25,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ $# -lt 2 ]]; then
-    echo "usage: bash bench/side_by_side.sh OLD_BINARY NEW_BINARY [chain|one]" >&2
-    exit 2
-fi
-OLD=$1
-NEW=$2
-SHAPE=${3:-chain}
-if [[ $SHAPE != chain && $SHAPE != one ]]; then
-    echo "shape must be chain or one, not $SHAPE" >&2
-    exit 2
-fi
+SCRIPT=side_by_side
+# shellcheck source=bench/servers.sh
+source bench/servers.sh
+read_builds "$@"
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-50}
 PORT_BASE=${PORT_BASE:-17250}
 LOAD=target/release/herd-bench
-
-SCRIPT=side_by_side
-# shellcheck source=bench/servers.sh
-source bench/servers.sh
 build_release
 pin_cpus
 
