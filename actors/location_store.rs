@@ -319,10 +319,14 @@ impl LocationStore {
     /// growing under load. Every other message to the store settles first, so that it
     /// sees the store as if each `Store` had been offered when it came.
     fn settle(&mut self) {
-        for store in std::mem::take(&mut self.arriving) {
+        // Drained from a vector taken out and put back, which keeps its room for the next
+        // round.
+        let mut arriving = std::mem::take(&mut self.arriving);
+        for store in arriving.drain(..) {
             let count = self.offer(store);
             self.stored.push(count);
         }
+        self.arriving = arriving;
     }
 }
 

@@ -22,14 +22,7 @@ cd "$(dirname "$0")/.."
 SCRIPT=alternate
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
-read_builds "$@"
-ROUNDS=${ROUNDS:-6}
-DURATION=${DURATION:-5}
-CONNS=${CONNS:-50}
-PORT_BASE=${PORT_BASE:-17270}
-LOAD=target/release/herd-bench
-build_release
-pin_cpus
+compare_builds 6 17270 "$@"
 
 declare -A RPS P99 MAX CPU
 

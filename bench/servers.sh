@@ -62,10 +62,14 @@ herd_config() {
     done
 }
 
-# read_builds ARGS...: the arguments of a script that compares two builds, OLD_BINARY
-# NEW_BINARY [chain|one], into OLD, NEW and SHAPE (chain unless given); if they are not
-# that, how to call the script, and exit 2.
-read_builds() {
+# compare_builds ROUNDS PORT_BASE ARGS...: the set-up of a script that compares two builds.
+# Its arguments, OLD_BINARY NEW_BINARY [chain|one], go into OLD, NEW and SHAPE (chain unless
+# given), or it says how to call the script and exits 2; ROUNDS, DURATION (5), CONNS (50)
+# and PORT_BASE come from the environment, with these defaults; LOAD is the load tool,
+# built (see `build_release`), and the CPUs are pinned (see `pin_cpus`).
+compare_builds() {
+    local rounds=$1 port_base=$2
+    shift 2
     if [[ $# -lt 2 || $# -gt 3 || ! ${3:-chain} =~ ^(chain|one)$ ]]; then
         echo "usage: bash bench/$SCRIPT.sh OLD_BINARY NEW_BINARY [chain|one]" >&2
         exit 2
@@ -73,6 +77,13 @@ read_builds() {
     OLD=$1
     NEW=$2
     SHAPE=${3:-chain}
+    ROUNDS=${ROUNDS:-$rounds}
+    DURATION=${DURATION:-5}
+    CONNS=${CONNS:-50}
+    PORT_BASE=${PORT_BASE:-$port_base}
+    LOAD=target/release/herd-bench
+    build_release
+    pin_cpus
 }
 
 # herd_up NAME BINARY BASE: starts a herd of BINARY as SHAPE says, on the server CPU (see

@@ -28,14 +28,7 @@ cd "$(dirname "$0")/.."
 SCRIPT=side_by_side
 # shellcheck source=bench/servers.sh
 source bench/servers.sh
-read_builds "$@"
-ROUNDS=${ROUNDS:-4}
-DURATION=${DURATION:-5}
-CONNS=${CONNS:-50}
-PORT_BASE=${PORT_BASE:-17250}
-LOAD=target/release/herd-bench
-build_release
-pin_cpus
+compare_builds 4 17250 "$@"
 
 echo "side by side ($SHAPE, $ROUNDS rounds of ${DURATION}s, --conns $CONNS each, servers on CPU 0):"
 echo "  OLD $OLD"
